@@ -1,0 +1,3 @@
+"""mailward: a secure-by-default mail system."""
+
+__version__ = "0.1.0"

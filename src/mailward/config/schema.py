@@ -1,0 +1,128 @@
+"""The one typed, documented configuration schema (TOML file `mailward.toml`).
+
+Every key has a type, a default and a one-line doc; `config.load` validates a file
+against these dataclasses and names the offending key and file on error, and
+`config.load.render_toml` writes a commented config from this schema. Paths that are
+relative are relative to the data directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+CONFIG_FILE = "mailward.toml"
+
+
+def doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = field(
+        default="localhost", metadata=doc("This server's name in the greeting and Received:")
+    )
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    address: str = field(
+        default="", metadata=doc('Address to bind: "" for all addresses, or one IP')
+    )
+    port_offset: int = field(
+        default=0, metadata=doc("Added to every standard port (25, 587, 465, ...)")
+    )
+    smtp: bool = field(default=True, metadata=doc("Serve the MX listener (offset+25)"))
+    submission: bool = field(
+        default=True, metadata=doc("Serve submission with STARTTLS (offset+587)")
+    )
+    submissions: bool = field(
+        default=True, metadata=doc("Serve submission over implicit TLS (offset+465)")
+    )
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str = field(default="tls/cert.pem", metadata=doc("PEM certificate chain"))
+    key: str = field(default="tls/key.pem", metadata=doc("PEM private key (mode 0600)"))
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    message_size: int = field(
+        default=50 * 1024 * 1024, metadata=doc("Largest message accepted, bytes (SIZE)")
+    )
+    recipients: int = field(default=100, metadata=doc("Most RCPT TO per message"))
+    bad_commands: int = field(
+        default=10, metadata=doc("Refused commands before the session is closed")
+    )
+    connections_per_ip: int = field(
+        default=50, metadata=doc("Concurrent connections from one IP address")
+    )
+    connections: int = field(default=1000, metadata=doc("Concurrent connections in all"))
+    commands_per_session: int = field(
+        default=1000, metadata=doc("Commands in one session before it is closed")
+    )
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """RFC 5321 4.5.3.2 suggests these minimums (seconds)."""
+
+    command: float = field(default=300.0, metadata=doc("Waiting for the next command"))
+    data_block: float = field(default=180.0, metadata=doc("Between data blocks in DATA"))
+    data_total: float = field(
+        default=1800.0, metadata=doc("Whole DATA transfer (slowloris bound)")
+    )
+    tls_handshake: float = field(default=30.0, metadata=doc("TLS handshake"))
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    bare_line_endings: Literal["reject", "normalize"] = field(
+        default="reject",
+        metadata=doc('Bare CR or LF in DATA: "reject" (5xx, SMTP smuggling) or "normalize"'),
+    )
+    trusted_networks: list[str] = field(
+        default_factory=list,
+        metadata=doc("CIDRs allowed to relay without AUTH on the MX port (empty: none)"),
+    )
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    failures_before_delay: int = field(
+        default=3, metadata=doc("Failed logins (per IP or account) before replies slow down")
+    )
+    lockout_failures: int = field(
+        default=10, metadata=doc("Failed logins (per IP or account) before a lockout")
+    )
+    lockout_seconds: float = field(default=900.0, metadata=doc("How long a lockout lasts"))
+    hash_workers: int = field(
+        default=2, metadata=doc("Concurrent argon2id verifications (64 MiB each)")
+    )
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    file: str = field(default="", metadata=doc('JSON-lines log file; "" for stderr'))
+    level: Literal["debug", "info", "warning", "error"] = field(
+        default="info", metadata=doc("Least severe level written")
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# Standard ports; a listener binds at listen.port_offset + this.
+PORTS = {"smtp": 25, "submission": 587, "submissions": 465}
