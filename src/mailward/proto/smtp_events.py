@@ -62,10 +62,16 @@ class MailFrom:
 
 @dataclass(frozen=True, slots=True)
 class RcptTo:
-    """Decision: RCPT TO. `forward_path` is the mailbox without source route;
-    `had_source_route` is True when an obsolete @a,@b: route was given (RFC 5321 4.1.1.3)."""
+    """Decision: RCPT TO. `forward_path` is the mailbox as written, without any source
+    route; `local_part` is unquoted (RFC 5321 4.1.2 Quoted-string decoded), `domain` as
+    written (an address literal keeps its brackets). `quoted_local` is True when the
+    local part was a Quoted-string; `had_source_route` when an obsolete @a,@b: route was
+    given (RFC 5321 4.1.1.3, C.). The pipeline decides policy from these parts."""
 
     forward_path: str
+    local_part: str
+    domain: str
+    quoted_local: bool
     params: dict[str, str | None]
     had_source_route: bool
 
