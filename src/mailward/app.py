@@ -1,14 +1,30 @@
 """The composition root: turns a data directory into running objects.
 
 Only this module (and tests) import concrete store backends; everything else talks to
-`store.api.MailStore` (DESIGN.md 1).
+`store.api.MailStore` (DESIGN.md 1). `serve()` validates the whole configuration and
+the TLS material before any port is bound, so a bad config exits with status 2 and a
+message naming the key and the file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+import sys
 from pathlib import Path
 
+from mailward.auth import Authenticator, AuthPolicy
+from mailward.config.load import ConfigError, load_config
+from mailward.config.schema import CONFIG_FILE, Config
+from mailward.crypto.passwords import PasswordHasher
+from mailward.crypto.tls import server_context
+from mailward.logs import EventLog, open_log
+from mailward.net.listener import SmtpService
+from mailward.pipeline.runner import Pipeline
 from mailward.store.api import MailStore
+
+SHUTDOWN_GRACE = 30.0
 
 
 async def open_store(data_dir: Path) -> MailStore:
@@ -18,6 +34,71 @@ async def open_store(data_dir: Path) -> MailStore:
     return await SqliteStore.open(data_dir)
 
 
+def resolve(data_dir: Path, path: str) -> Path:
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else data_dir / candidate
+
+
 def serve(data_dir: Path) -> int:
     """Run every listener until SIGTERM/SIGINT; returns the process exit status."""
-    raise NotImplementedError("serve is being built in net/ and app.py")
+    config_path = data_dir / CONFIG_FILE
+    if not config_path.exists():
+        print(f"mailward: error: {config_path} not found (run 'mailward init')", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"mailward: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        tls = server_context(resolve(data_dir, config.tls.cert), resolve(data_dir, config.tls.key))
+    except (OSError, ValueError) as exc:
+        print(f"mailward: error: {config_path}: tls: {exc}", file=sys.stderr)
+        return 2
+    # asyncio reports every failed client TLS handshake as an error: they are the
+    # client's problem, logged by us as events where it matters.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    log = open_log(
+        str(resolve(data_dir, config.log.file)) if config.log.file else "", config.log.level
+    )
+    return asyncio.run(_serve(data_dir, config, tls, log))
+
+
+async def _serve(data_dir: Path, config: Config, tls: object, log: EventLog) -> int:
+    import ssl
+
+    assert isinstance(tls, ssl.SSLContext)
+    store = await open_store(data_dir)
+    hasher = PasswordHasher(workers=config.auth.hash_workers)
+    policy = AuthPolicy(
+        failures_before_delay=config.auth.failures_before_delay,
+        lockout_failures=config.auth.lockout_failures,
+        lockout_seconds=config.auth.lockout_seconds,
+    )
+    authenticator = Authenticator(store, hasher, log, policy)
+    service = SmtpService(config, store, Pipeline(store, log), authenticator, tls, log)
+    try:
+        specs = await service.start()
+    except OSError as exc:
+        log.error("server.bind_failed", error=str(exc))
+        print(f"mailward: error: cannot listen: {exc}", file=sys.stderr)
+        await store.close()
+        hasher.close()
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "server.ready",
+        hostname=config.server.hostname,
+        address=config.listen.address or "*",
+        listeners={s.name: s.port for s in specs},
+    )
+    await stop.wait()
+    log.info("server.stopping", sessions=len(service.sessions))
+    await service.stop(grace=SHUTDOWN_GRACE)
+    await store.close()
+    hasher.close()
+    log.info("server.stopped")
+    return 0

@@ -1,0 +1,319 @@
+"""The asyncio shell around the sans-I/O SMTP core: one `SmtpSession` per connection.
+
+It pumps bytes between the socket and `proto.smtp.SmtpServer`, answers the core's
+decision events through the pipeline and the authenticator, streams DATA into a spool
+file (memory per session does not grow with message size), upgrades to TLS on
+STARTTLS, and enforces the per-phase timeouts of RFC 5321 4.5.3.2.
+
+Invariants:
+- The 250 after DATA is queued only after `Pipeline.end_of_data()` returned, which is
+  after `MailStore.deliver()` made the message durable (DESIGN.md 3).
+- A session is interrupted (shutdown, forced close) only while it waits for input
+  (`interruptible`), never while a delivery is in flight, so an acknowledged message
+  is always a stored one and an interrupted one was never acknowledged.
+- Output is flushed whenever the core needs more input, which gives RFC 2920
+  pipelining its batching for free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from mailward.auth import Authenticator
+from mailward.crypto.tls import describe_tls
+from mailward.logs import EventLog
+from mailward.pipeline.runner import Pipeline
+from mailward.pipeline.trace import trace_headers
+from mailward.pipeline.types import Envelope, SessionInfo
+from mailward.proto import smtp_events as ev
+from mailward.proto.replies import (
+    AUTH_FAILED,
+    AUTH_OK,
+    AUTH_TEMP_LOCKED,
+    LOCAL_ERROR,
+    SHUTTING_DOWN,
+    TIMEOUT,
+    Reply,
+)
+from mailward.proto.smtp import SmtpServer, SmtpSettings
+from mailward.store.api import MailStore
+
+READ_SIZE = 256 * 1024
+
+
+class SmtpSession:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        info: SessionInfo,
+        settings: SmtpSettings,
+        hostname: str,
+        tls_context: object,
+        store: MailStore,
+        pipeline: Pipeline,
+        authenticator: Authenticator,
+        log: EventLog,
+        command_timeout: float,
+        data_block_timeout: float,
+        data_total_timeout: float,
+        tls_handshake_timeout: float,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.info = info
+        self.core = SmtpServer(settings)
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.store = store
+        self.pipeline = pipeline
+        self.authenticator = authenticator
+        self.log = log
+        self.command_timeout = command_timeout
+        self.data_block_timeout = data_block_timeout
+        self.data_total_timeout = data_total_timeout
+        self.tls_handshake_timeout = tls_handshake_timeout
+        self.interruptible = False
+        self.interrupt_requested = False
+        self.closing_reply: Reply | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.envelope: Envelope | None = None
+        self.spool_path: Path | None = None
+        self.spool_file: BinaryIO | None = None
+        self.trace_length = 0
+        self.data_started = 0.0
+        self.messages = 0
+
+    # --- output -----------------------------------------------------------------
+
+    async def flush(self) -> None:
+        out = self.core.data_to_send()
+        if out:
+            self.writer.write(out)
+            await self.writer.drain()
+
+    # --- the event loop of one session -------------------------------------------
+
+    def interrupt(self, reply: Reply, *, force: bool) -> None:
+        """Close the session with `reply` at its next safe point: now if it is waiting
+        for a command (or for any input when `force`), else after its current step."""
+        self.closing_reply = reply
+        phase_ok = force or self.core.phase in ("command", "auth")
+        if self.interruptible and phase_ok and self.task is not None:
+            self.interrupt_requested = True
+            self.task.cancel()
+
+    async def run(self) -> None:
+        self.task = asyncio.current_task()
+        try:
+            await self._run()
+        except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+            self.log.info("smtp.connection_lost", session=self.info.session_id, error=str(exc))
+        finally:
+            self._drop_spool()
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.log.info(
+                "smtp.end",
+                session=self.info.session_id,
+                ip=self.info.peer_ip,
+                messages=self.messages,
+            )
+
+    async def _run(self) -> None:
+        core = self.core
+        while True:
+            event = core.next_event()
+            if isinstance(event, ev.NeedData):
+                await self.flush()
+                await self._receive()
+            elif isinstance(event, ev.MessageChunk):
+                if self.spool_file is not None:
+                    self.spool_file.write(event.data)
+            elif isinstance(event, ev.RcptTo):
+                core.send_reply(await self._rcpt(event))
+            elif isinstance(event, ev.MailFrom):
+                core.send_reply(await self._mail(event))
+            elif isinstance(event, ev.MessageStart):
+                self._open_spool()
+            elif isinstance(event, ev.MessageEnd):
+                core.send_reply(await self._end_of_data(event))
+            elif isinstance(event, ev.MessageAborted):
+                self.log.info(
+                    "smtp.data.refused",
+                    session=self.info.session_id,
+                    ip=self.info.peer_ip,
+                    reason=event.reason,
+                    code=event.reply_code,
+                )
+                self._drop_spool()
+            elif isinstance(event, ev.Reset):
+                self._drop_spool()
+                self.envelope = None
+            elif isinstance(event, ev.Hello):
+                self.info.helo = event.domain
+                self._drop_spool()
+                self.envelope = None
+            elif isinstance(event, ev.StartTls):
+                await self._start_tls()
+            elif isinstance(event, ev.AuthCredentials):
+                core.send_reply(await self._authenticate(event))
+            elif isinstance(event, ev.CommandRefused):
+                self.log.info(
+                    "smtp.command.refused",
+                    session=self.info.session_id,
+                    ip=self.info.peer_ip,
+                    command=event.command,
+                    code=event.reply_code,
+                    reason=event.reason,
+                )
+            elif isinstance(event, ev.ConnectionClosed):
+                await self.flush()
+                if event.reason not in ("quit", "eof"):
+                    self.log.info("smtp.closed", session=self.info.session_id, reason=event.reason)
+                return
+
+    async def _receive(self) -> None:
+        core = self.core
+        if self.closing_reply is not None and core.phase in ("command", "auth"):
+            core.close(self.closing_reply)
+            return
+        if core.phase in ("data", "bdat"):
+            remaining = self.data_total_timeout - (time.monotonic() - self.data_started)
+            timeout = max(0.0, min(self.data_block_timeout, remaining))
+        else:
+            timeout = self.command_timeout
+        self.interruptible = True
+        try:
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            self.log.info(
+                "limit.timeout",
+                session=self.info.session_id,
+                ip=self.info.peer_ip,
+                phase=core.phase,
+            )
+            core.close(TIMEOUT)
+            return
+        except asyncio.CancelledError:
+            if not self.interrupt_requested or self.task is None:
+                raise
+            self.task.uncancel()
+            self.interrupt_requested = False
+            core.close(self.closing_reply or SHUTTING_DOWN)
+            return
+        finally:
+            self.interruptible = False
+        if data:
+            core.receive_data(data)
+        else:
+            core.receive_eof()
+
+    # --- decisions ----------------------------------------------------------------
+
+    async def _mail(self, event: ev.MailFrom) -> Reply:
+        if self.closing_reply is not None:
+            return self.closing_reply
+        reply, envelope = await self.pipeline.mail_from(self.info, event)
+        self.envelope = envelope
+        return reply
+
+    async def _rcpt(self, event: ev.RcptTo) -> Reply:
+        assert self.envelope is not None
+        return await self.pipeline.rcpt_to(self.info, self.envelope, event)
+
+    async def _end_of_data(self, event: ev.MessageEnd) -> Reply:
+        if self.spool_file is None or self.spool_path is None or self.envelope is None:
+            return LOCAL_ERROR
+        spool = self.spool_path
+        try:
+            self.spool_file.close()
+        except OSError as exc:
+            self.log.error("spool.write_failed", session=self.info.session_id, error=str(exc))
+            self._drop_spool()
+            return LOCAL_ERROR
+        self.spool_file = None
+        self.spool_path = None
+        reply = await self.pipeline.end_of_data(
+            self.info, self.envelope, spool, self.trace_length, event.size
+        )
+        if reply.is_positive:
+            self.messages += 1
+        self.envelope = None
+        return reply
+
+    async def _authenticate(self, event: ev.AuthCredentials) -> Reply:
+        if event.authzid and event.authzid.lower() != event.username.lower():
+            return AUTH_FAILED  # RFC 4616 2: we allow no proxy authorisation
+        outcome = await self.authenticator.authenticate(
+            event.username,
+            event.password,
+            ip=self.info.peer_ip,
+            protocol="smtp",
+            mechanism=event.mechanism,
+        )
+        if outcome.locked_out:
+            return AUTH_TEMP_LOCKED
+        if outcome.account is None:
+            return AUTH_FAILED
+        self.info.account_id = outcome.account.id
+        self.info.account_address = outcome.account.address
+        return AUTH_OK
+
+    async def _start_tls(self) -> None:
+        await self.flush()
+        try:
+            await self.writer.start_tls(
+                self.tls_context,  # type: ignore[arg-type]
+                ssl_handshake_timeout=self.tls_handshake_timeout,
+            )
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            self.log.info("tls.failed", session=self.info.session_id, error=str(exc))
+            raise ConnectionResetError("TLS handshake failed") from exc
+        self.note_tls()
+        self.core.tls_established()
+
+    def note_tls(self) -> None:
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return
+        self.info.tls_version, self.info.tls_cipher = describe_tls(ssl_object)
+        self.log.info(
+            "tls.established",
+            session=self.info.session_id,
+            version=self.info.tls_version,
+            cipher=self.info.tls_cipher,
+        )
+
+    # --- spool ----------------------------------------------------------------------
+
+    def _open_spool(self) -> None:
+        assert self.envelope is not None
+        self._drop_spool()
+        self.data_started = time.monotonic()
+        path = self.store.new_spool()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.spool_file = open(fd, "wb", buffering=READ_SIZE)  # noqa: SIM115 - closed in _end_of_data/_drop_spool
+        self.spool_path = path
+        queue_id = f"{self.info.session_id}.{self.messages}.{secrets.token_hex(2)}"
+        prefix = trace_headers(self.info, self.envelope, self.hostname, queue_id, None)
+        self.spool_file.write(prefix)
+        self.trace_length = len(prefix)
+
+    def _drop_spool(self) -> None:
+        if self.spool_file is not None:
+            with contextlib.suppress(OSError):
+                self.spool_file.close()
+            self.spool_file = None
+        if self.spool_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spool_path)
+            self.spool_path = None
