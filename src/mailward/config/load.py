@@ -24,9 +24,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
-import os
 import re
-import tempfile
 import tomllib
 import typing
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from typing import Any, Literal, get_args, get_origin
 import tomli_w
 
 from mailward.config.schema import PORTS, Config
+from mailward.files import atomic_write
 
 
 class ConfigError(Exception):
@@ -289,25 +288,7 @@ def render_toml(config: Config) -> str:
 
 def write_config(path: Path, config: Config) -> None:
     """Write `render_toml(config)` to `path` atomically, mode 0600."""
-    data = render_toml(config).encode("utf-8")
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, render_toml(config).encode("utf-8"))
 
 
 def _parse_string(file: Path, key: str, tp: Any, text: str) -> object:

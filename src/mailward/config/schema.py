@@ -72,9 +72,7 @@ class TimeoutsConfig:
 
     command: float = field(default=300.0, metadata=doc("Waiting for the next command"))
     data_block: float = field(default=180.0, metadata=doc("Between data blocks in DATA"))
-    data_total: float = field(
-        default=1800.0, metadata=doc("Whole DATA transfer (slowloris bound)")
-    )
+    data_total: float = field(default=1800.0, metadata=doc("Whole DATA transfer (slowloris bound)"))
     tls_handshake: float = field(default=30.0, metadata=doc("TLS handshake"))
 
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import base64
 import datetime
-import os
 import re
 import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Literal
 import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from mailward.files import atomic_write, private_directory
 
 RSA_BITS = 2048
 _SUFFIX: dict[str, Literal["ed25519", "rsa"]] = {"e": "ed25519", "r": "rsa"}
@@ -76,36 +76,12 @@ def _public_record(private_key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -
     return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode('ascii')}"
 
 
-def _make_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_new(path: Path, data: bytes) -> None:
     """Create `path` (mode 0600) atomically; never replace an existing key."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-            fp.flush()
-            os.fsync(fp.fileno())
-        try:
-            os.link(tmp, path)  # atomic, and fails if the key already exists
-        except FileExistsError:
-            raise DkimKeyError(f"{path}: a key with this selector already exists") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+        atomic_write(path, data, exclusive=True)
+    except FileExistsError:
+        raise DkimKeyError(f"{path}: a key with this selector already exists") from None
 
 
 def generate_domain_keys(
@@ -120,9 +96,9 @@ def generate_domain_keys(
     stem = selector_date or datetime.datetime.now(datetime.UTC).strftime("%Y%m")
     if not _SELECTOR.match(stem + "e"):
         raise ValueError(f"selector_date must be letters and digits, not {stem!r}")
-    _make_dir(data_dir / "dkim")
+    private_directory(data_dir / "dkim")
     directory = data_dir / "dkim" / domain
-    _make_dir(directory)
+    private_directory(directory)
     for suffix in _SUFFIX:
         if (directory / f"{stem}{suffix}.key").exists():
             raise DkimKeyError(f"{directory / (stem + suffix)}.key: already exists")

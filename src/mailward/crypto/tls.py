@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import ssl
 import stat
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -35,6 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mailward.files import atomic_write
 
 # TLS 1.2 suites: ECDHE (forward secrecy) + AEAD only, strongest first.
 TLS12_CIPHERS = ":".join(
@@ -157,27 +157,6 @@ def client_context(cafile: Path | None = None, *, verify: bool = True) -> ssl.SS
     return ctx
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` via a temp file, fsync, rename and directory fsync."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def generate_self_signed(
     hostnames: list[str], cert_path: Path, key_path: Path, *, days: int = 825
 ) -> None:
@@ -238,8 +217,8 @@ def generate_self_signed(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _atomic_write(key_path, key_pem, 0o600)
-    _atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(key_path, key_pem, mode=0o600)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def describe_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[str, str]:
