@@ -10,9 +10,10 @@ file fsync'd, renamed, directory fsync'd; database transaction committed with
 synchronous durability). Backends make this fast with group commit, never by
 weakening it.
 
-Addresses are stored and compared in their canonical form (see `canonical_address`):
-local part as given, domain lower-cased; lookups are case-insensitive on the whole
-address, as users expect.
+Local addresses (accounts, aliases) are stored and compared in canonical form (see
+`canonical_address`: the whole address lower-cased), so lookups are case-insensitive
+as users expect. Outbound recipients are kept as given: a remote local part may be
+case-sensitive (RFC 5321 2.4).
 """
 
 from __future__ import annotations
@@ -196,7 +197,11 @@ class MailStore(Protocol):
 
     # Messages
     async def deliver(self, delivery: Delivery) -> DeliveryReceipt:
-        """Make one message durable for every target; returns only once it is."""
+        """Make one message durable for every target; returns only once it is.
+
+        If the caller is cancelled while waiting, the delivery may still complete: a
+        cancelled caller must not acknowledge the message (and never learns whether it
+        was stored), which is why the SMTP shell never cancels a delivery in flight."""
         ...
 
     async def list_messages(self, account_id: int, mailbox: str) -> list[MessageInfo]: ...
