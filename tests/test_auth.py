@@ -28,7 +28,7 @@ class FakeTime:
 def run_scenario(tmp_path: Path, scenario):  # type: ignore[no-untyped-def]
     async def main():  # type: ignore[no-untyped-def]
         store = await open_store(tmp_path)
-        hasher = PasswordHasher(workers=1)
+        hasher = PasswordHasher(workers=1, time_cost=1, memory_cost=8192, parallelism=1)
         await store.add_domain("example.test")
         await store.add_account("alice@example.test", await hasher.hash(GOOD))
         out = io.StringIO()
