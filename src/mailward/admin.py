@@ -1,0 +1,514 @@
+"""Administrative operations: what `mailward init/user/alias/domain/export/import` do.
+
+The CLI (`cli/main.py`) only parses arguments, calls one function here and renders the
+result; everything with a rule in it lives here, over the `MailStore` Protocol, so the
+same operations can back an admin API later.
+
+Rules kept here:
+
+- A data directory is 0700 and its secrets 0600 (DESIGN.md 3); `init` writes the
+  config file last, so an interrupted `init` can simply be run again.
+- Every domain needs a postmaster (RFC 5321 4.5.1): the first user added to a domain
+  without one gets postmaster@ as an alias.
+- Passwords follow `crypto.passwords.password_problem` (NIST SP 800-63B 5.1.1); a
+  password is never logged or stored, only its argon2id hash.
+- Import goes through `store.new_spool()` + `store.deliver()`, the same durable path
+  SMTP uses ("nothing acknowledged is lost"). LF-only input is converted to CRLF, the
+  store's canonical form (RFC 5322 2.1); anything else is stored byte for byte, so
+  export -> import -> export is byte-identical (message/mbox.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from mailward.config.schema import CONFIG_FILE, PORTS, Config
+from mailward.message import mbox
+from mailward.store.api import (
+    AlreadyExists,
+    Delivery,
+    LocalTarget,
+    MailStore,
+    NotFound,
+    StoreError,
+    canonical_address,
+)
+
+DIR_MODE = 0o700
+KEY_MODE = 0o600
+CERT_MODE = 0o644
+# Deliveries in flight during an import: lets the store group-commit many messages per
+# fsync while keeping UIDs in file order (each deliver() queues before it awaits).
+IMPORT_WINDOW = 32
+
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+class AdminError(Exception):
+    """A request the administrator must change; the message is safe to show."""
+
+
+class OperationFailed(Exception):
+    """Something outside the request went wrong (a damaged key file, ...); safe to show."""
+
+
+class Hasher(Protocol):
+    async def hash(self, password: str) -> str: ...
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_domain(name: str) -> str:
+    """A domain name in canonical (lower-case, no final dot) form, or AdminError."""
+    dom = name.strip().lower().rstrip(".")
+    if not dom or len(dom) > 253 or not all(_LABEL.fullmatch(p) for p in dom.split(".")):
+        hint = "" if dom.isascii() else " (give an internationalised name in its xn-- form)"
+        raise AdminError(f"invalid domain name {name!r}{hint}")
+    return dom
+
+
+def check_address(address: str) -> str:
+    """An RFC 5321 4.1.2 mailbox (dot-atom local part) in canonical form."""
+    addr = canonical_address(address)
+    local, at, domain = addr.rpartition("@")
+    if not at or len(local) > 64 or not _LOCAL_PART.fullmatch(local):
+        raise AdminError(f"invalid address {address!r} (expected local-part@domain)")
+    return f"{local}@{check_domain(domain)}"
+
+
+def _check_password(password: str, address: str) -> None:
+    from mailward.crypto.passwords import password_problem
+
+    problem = password_problem(password, address=address)
+    if problem is not None:
+        raise AdminError(f"password refused: it {problem}")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _make_private_dir(path: Path) -> None:
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if not path.is_dir() or path.is_symlink():
+        raise AdminError(f"{path} is not a directory")
+    os.chmod(path, DIR_MODE)
+
+
+def _install_file(source: Path, target: Path, mode: int) -> None:
+    """Copy `source` to `target` atomically with `mode` from the first byte."""
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise AdminError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def config_path(data_dir: Path) -> Path:
+    return data_dir / CONFIG_FILE
+
+
+def require_data_dir(data_dir: Path) -> Path:
+    """`data_dir/mailward.toml`, or AdminError if `data_dir` was never initialised."""
+    path = config_path(data_dir)
+    if not path.is_file():
+        raise AdminError(f"{data_dir} is not a mailward data directory (run: mailward init)")
+    return path
+
+
+@contextlib.asynccontextmanager
+async def opened_store(data_dir: Path) -> AsyncIterator[MailStore]:
+    """The data directory's store, closed on the way out."""
+    from mailward.app import open_store
+
+    store = await open_store(data_dir)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- init
+
+
+@dataclass(frozen=True)
+class InitResult:
+    data_dir: Path
+    config: Config
+    cert_generated: bool
+    records: list[tuple[str, str, str]]  # (name, type, value) to publish in DNS
+    ports: list[tuple[str, int]]
+
+
+def listener_ports(config: Config) -> list[tuple[str, int]]:
+    """(listener, port) for every enabled listener."""
+    return [
+        (name, config.listen.port_offset + port)
+        for name, port in PORTS.items()
+        if getattr(config.listen, name, True)
+    ]
+
+
+async def _domain_records(data_dir: Path, domain: str, hostname: str) -> list[tuple[str, str, str]]:
+    """DNS records for `domain`, generating its DKIM keys if it has none yet."""
+    from mailward.crypto import dkim
+
+    try:
+        keys = await asyncio.to_thread(dkim.load_domain_keys, data_dir, domain)
+        if not keys:
+            keys = await asyncio.to_thread(dkim.generate_domain_keys, data_dir, domain)
+    except dkim.DkimKeyError as exc:
+        raise OperationFailed(f"DKIM key: {exc}") from None
+    return dkim.dns_records(domain, hostname, keys)
+
+
+async def init_data_dir(
+    data_dir: Path,
+    domain: str,
+    *,
+    hostname: str | None = None,
+    port_offset: int = 0,
+    listen: str = "",
+    cert: Path | None = None,
+    key: Path | None = None,
+) -> InitResult:
+    """Create a data directory serving `domain` (see `mailward init --help`)."""
+    from mailward.config.load import ConfigError, load_config, write_config
+    from mailward.crypto import tls
+
+    domain = check_domain(domain)
+    host = check_domain(hostname) if hostname else f"mail.{domain}"
+    if (cert is None) != (key is None):
+        raise AdminError("give both --cert and --key, or neither")
+    highest = max(PORTS.values())
+    if not 0 <= port_offset <= 65535 - highest:
+        raise AdminError(f"port offset must be between 0 and {65535 - highest}")
+    if listen:
+        try:
+            ipaddress.ip_address(listen)
+        except ValueError:
+            raise AdminError(f"listen address {listen!r} is not an IP address") from None
+    if config_path(data_dir).exists():
+        raise AdminError(f"{config_path(data_dir)} already exists; {data_dir} is initialised")
+
+    _make_private_dir(data_dir)
+    base = Config()
+    config = replace(
+        base,
+        server=replace(base.server, hostname=host),
+        listen=replace(base.listen, port_offset=port_offset, address=listen),
+    )
+
+    tls_cert, tls_key = data_dir / config.tls.cert, data_dir / config.tls.key
+    _make_private_dir(tls_cert.parent)
+    _make_private_dir(tls_key.parent)
+    if cert is not None and key is not None:
+        _install_file(key, tls_key, KEY_MODE)
+        _install_file(cert, tls_cert, CERT_MODE)
+        try:
+            tls.server_context(tls_cert, tls_key)
+        except tls.TlsConfigError as exc:
+            tls_cert.unlink(missing_ok=True)
+            tls_key.unlink(missing_ok=True)
+            raise AdminError(f"unusable certificate or key: {exc.message}") from None
+    else:
+        names = [host] if host == "localhost" else [host, "localhost"]
+        await asyncio.to_thread(tls.generate_self_signed, names, tls_cert, tls_key)
+
+    async with opened_store(data_dir) as store:
+        with contextlib.suppress(AlreadyExists):  # a re-run after an interrupted init
+            await store.add_domain(domain)
+    records = await _domain_records(data_dir, domain, host)
+
+    # Last: written beside its final name, checked by the real loader, then renamed.
+    staging = data_dir / f".{CONFIG_FILE}.new"
+    write_config(staging, config)
+    try:
+        config = load_config(staging)
+    except ConfigError as exc:
+        staging.unlink(missing_ok=True)
+        raise AdminError(exc.message) from None
+    os.replace(staging, config_path(data_dir))
+    return InitResult(data_dir, config, cert is None, records, listener_ports(config))
+
+
+# --------------------------------------------------------------------------- users
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    address: str
+    created: float
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AddUserResult:
+    address: str
+    generated_password: str | None  # shown once, when we made it up
+    postmaster_alias: str | None  # postmaster@domain, when we made it an alias
+
+
+async def _require_local_domain(store: MailStore, address: str) -> str:
+    domain = address.rpartition("@")[2]
+    if not await store.is_local_domain(domain):
+        raise AdminError(
+            f"{domain} is not a local domain (add it first: mailward domain add {domain})"
+        )
+    return domain
+
+
+def _password_or_generated(password: str | None, address: str) -> tuple[str, str | None]:
+    from mailward.crypto.passwords import generate_password
+
+    if password is None:
+        made = generate_password()
+        return made, made
+    _check_password(password, address)
+    return password, None
+
+
+async def add_user(
+    store: MailStore, hasher: Hasher, address: str, password: str | None = None
+) -> AddUserResult:
+    """Add an account; `password` None means generate one (returned once)."""
+    addr = check_address(address)
+    domain = await _require_local_domain(store, addr)
+    if await store.resolve_recipient(addr) is not None:
+        raise AdminError(f"{addr} is already in use")
+    secret, generated = _password_or_generated(password, addr)
+    await store.add_account(addr, await hasher.hash(secret))
+    postmaster = f"postmaster@{domain}"
+    alias: str | None = None
+    if addr != postmaster and await store.resolve_recipient(postmaster) is None:
+        await store.add_alias(postmaster, addr)  # RFC 5321 4.5.1
+        alias = postmaster
+    return AddUserResult(addr, generated, alias)
+
+
+async def delete_user(store: MailStore, address: str) -> list[str]:
+    """Delete an account, its mail and its aliases; returns the aliases removed."""
+    addr = check_address(address)
+    if await store.get_account(addr) is None:
+        raise AdminError(f"no user {addr}")
+    aliases = sorted(a.address for a in await store.list_aliases() if a.target == addr)
+    await store.delete_account(addr)  # aliases go with it (ON DELETE CASCADE)
+    return aliases
+
+
+async def set_password(
+    store: MailStore, hasher: Hasher, address: str, password: str | None = None
+) -> str | None:
+    """Replace a user's password; returns the generated one when `password` is None."""
+    addr = check_address(address)
+    if await store.get_account(addr) is None:
+        raise AdminError(f"no user {addr}")
+    secret, generated = _password_or_generated(password, addr)
+    await store.set_password_hash(addr, await hasher.hash(secret))
+    return generated
+
+
+async def list_users(store: MailStore) -> list[UserInfo]:
+    aliases: dict[str, list[str]] = {}
+    for alias in await store.list_aliases():
+        aliases.setdefault(alias.target, []).append(alias.address)
+    return [
+        UserInfo(a.address, a.created, sorted(aliases.get(a.address, [])))
+        for a in sorted(await store.list_accounts(), key=lambda a: a.address)
+    ]
+
+
+# --------------------------------------------------------------------------- aliases
+
+
+async def add_alias(store: MailStore, alias: str, target: str) -> str:
+    """Make `alias` deliver to the account `target`; returns the canonical alias."""
+    addr, tgt = check_address(alias), check_address(target)
+    await _require_local_domain(store, addr)
+    if await store.get_account(tgt) is None:
+        raise AdminError(f"no user {tgt} (an alias must point at an existing user)")
+    if await store.resolve_recipient(addr) is not None:
+        raise AdminError(f"{addr} is already in use")
+    await store.add_alias(addr, tgt)
+    return addr
+
+
+async def delete_alias(store: MailStore, alias: str) -> None:
+    addr = check_address(alias)
+    try:
+        await store.delete_alias(addr)
+    except NotFound:
+        raise AdminError(f"no alias {addr}") from None
+
+
+async def list_aliases(store: MailStore) -> list[tuple[str, str]]:
+    return sorted((a.address, a.target) for a in await store.list_aliases())
+
+
+# --------------------------------------------------------------------------- domains
+
+
+async def add_domain(
+    store: MailStore, data_dir: Path, domain: str, hostname: str
+) -> list[tuple[str, str, str]]:
+    """Serve `domain` too; generates its DKIM keys and returns the records to publish."""
+    dom = check_domain(domain)
+    try:
+        await store.add_domain(dom)
+    except AlreadyExists:
+        raise AdminError(f"{dom} is already a local domain") from None
+    return await _domain_records(data_dir, dom, hostname)
+
+
+async def list_domains(store: MailStore) -> list[str]:
+    return sorted(await store.list_domains())
+
+
+# --------------------------------------------------------------------------- export / import
+
+
+async def _account_id(store: MailStore, address: str) -> int:
+    addr = check_address(address)
+    account = await store.get_account(addr)
+    if account is None:
+        raise AdminError(f"no user {addr}")
+    return account.id
+
+
+async def export_mailbox(store: MailStore, address: str, mailbox: str, out: BinaryIO) -> int:
+    """Write one mailbox as mboxrd to `out`, oldest UID first; returns the count."""
+    account_id = await _account_id(store, address)
+    if await store.get_mailbox(account_id, mailbox) is None:
+        raise AdminError(f"{address} has no mailbox {mailbox!r}")
+    count = 0
+    for info in sorted(await store.list_messages(account_id, mailbox), key=lambda m: m.uid):
+        data = await store.read_message(account_id, mailbox, info.uid)
+        sender = mbox.envelope_sender(data)
+        out.write(mbox.mboxrd_entry(data, sender=sender, date=info.internal_date))
+        count += 1
+    out.flush()
+    return count
+
+
+@dataclass
+class ImportResult:
+    imported: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (label, problem)
+
+
+ProgressCallback = Callable[[int, int], None]  # (done, total) in source-specific units
+ProblemCallback = Callable[[str, str], None]  # (label, problem)
+
+
+def _spool(store: MailStore, data: bytes) -> Path:
+    path = store.new_spool()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, KEY_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+def _entries(
+    source: Path, max_size: int, progress: ProgressCallback | None
+) -> Iterator[mbox.MailEntry]:
+    if mbox.is_maildir(source):
+        files = mbox.maildir_files(source)
+        for done, path in enumerate(files, 1):
+            yield mbox.read_maildir_file(path, max_size=max_size)
+            if progress is not None:
+                progress(done, len(files))
+        return
+    if source.is_dir():
+        raise AdminError(f"{source} is a directory but not a Maildir (no cur/ or new/)")
+    try:
+        handle = open(source, "rb")  # noqa: SIM115 - closed below, generator-owned
+    except OSError as exc:
+        raise AdminError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    with handle:
+        total = os.fstat(handle.fileno()).st_size
+        reader = mbox.MboxReader(handle, max_size=max_size)
+        for entry in reader:
+            yield entry
+            if progress is not None:
+                progress(reader.position, total)
+
+
+async def import_messages(
+    store: MailStore,
+    address: str,
+    source: Path,
+    mailbox: str = "INBOX",
+    *,
+    max_size: int = mbox.DEFAULT_MAX_SIZE,
+    progress: ProgressCallback | None = None,
+    problem: ProblemCallback | None = None,
+) -> ImportResult:
+    """Deliver every message of an mbox file or a Maildir into one mailbox.
+
+    The mailbox is created if missing. Malformed entries (and ones the store refuses)
+    are reported through `problem` and skipped; the rest keep their order.
+    """
+    account_id = await _account_id(store, address)
+    if await store.get_mailbox(account_id, mailbox) is None:
+        await store.create_mailbox(account_id, mailbox)
+    result = ImportResult()
+    pending: list[tuple[str, asyncio.Task[object]]] = []
+
+    async def settle(label: str, task: asyncio.Task[object]) -> None:
+        try:
+            await task
+        except StoreError as exc:
+            result.skipped.append((label, str(exc)))
+            if problem is not None:
+                problem(label, str(exc))
+        else:
+            result.imported += 1
+
+    try:
+        for entry in _entries(source, max_size, progress):
+            if entry.problem:
+                result.skipped.append((entry.label, entry.problem))
+                if problem is not None:
+                    problem(entry.label, entry.problem)
+                continue
+            target = LocalTarget(account_id, mailbox, entry.flags)
+            delivery = Delivery(
+                spool=_spool(store, mbox.canonical_line_endings(entry.data)),
+                sender="",
+                local=[target],
+                outbound=[],
+                internal_date=entry.internal_date,
+            )
+            pending.append((entry.label, asyncio.ensure_future(store.deliver(delivery))))
+            # Let the task reach the store's queue now, so UIDs follow file order.
+            await asyncio.sleep(0)
+            if len(pending) >= IMPORT_WINDOW:
+                await settle(*pending.pop(0))
+        while pending:
+            await settle(*pending.pop(0))
+    finally:
+        for _, task in pending:  # interrupted: let queued deliveries finish
+            with contextlib.suppress(Exception):
+                await task
+    return result
