@@ -25,6 +25,7 @@ from mailward.pipeline.runner import Pipeline
 from mailward.store.api import MailStore
 
 SHUTDOWN_GRACE = 30.0
+LOG_FLUSH_INTERVAL = 0.2
 
 
 async def open_store(data_dir: Path) -> MailStore:
@@ -59,7 +60,9 @@ def serve(data_dir: Path) -> int:
     # client's problem, logged by us as events where it matters.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     log = open_log(
-        str(resolve(data_dir, config.log.file)) if config.log.file else "", config.log.level
+        str(resolve(data_dir, config.log.file)) if config.log.file else "",
+        config.log.level,
+        flush_interval=LOG_FLUSH_INTERVAL,
     )
     return asyncio.run(_serve(data_dir, config, tls, log))
 
@@ -95,10 +98,19 @@ async def _serve(data_dir: Path, config: Config, tls: object, log: EventLog) -> 
         address=config.listen.address or "*",
         listeners={s.name: s.port for s in specs},
     )
+    flusher = asyncio.create_task(_flush_periodically(log))
     await stop.wait()
     log.info("server.stopping", sessions=len(service.sessions))
     await service.stop(grace=SHUTDOWN_GRACE)
     await store.close()
     hasher.close()
     log.info("server.stopped")
+    flusher.cancel()
+    log.flush()
     return 0
+
+
+async def _flush_periodically(log: EventLog) -> None:
+    while True:
+        await asyncio.sleep(LOG_FLUSH_INTERVAL)
+        log.flush()

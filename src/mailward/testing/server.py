@@ -1,0 +1,326 @@
+"""Run a real `mailward serve` process for end-to-end tests (shipped with the package).
+
+A `RunningServer` wraps one data directory and, while started, one child process
+(`python -m mailward serve --data DIR`) whose JSON-lines log goes to `log_path`.
+`mail_server()` builds one from scratch on loopback at a free port offset:
+
+    with mail_server(tmp_path, users={"alice@example.test": "a-long-password"}) as srv:
+        with smtplib.SMTP(srv.host, srv.smtp_port) as smtp:
+            ...
+
+Everything here waits by polling against a deadline, never by sleeping a fixed time;
+a child that dies or does not come up raises with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The name the test certificate is issued for (`init --hostname localhost`).
+TLS_NAME = "localhost"
+
+# Standard ports a listener adds to the offset: those served now, and those that
+# later listeners (IMAP, IMAPS, POP3, POP3S) will take.
+SERVED_PORTS = (25, 587, 465)
+RESERVED_PORTS = (*SERVED_PORTS, 143, 993, 110, 995)
+
+_OFFSET_RANGE = (20000, 40000)
+_CLI_TIMEOUT = 120.0
+_LOG_TAIL = 4000
+
+
+class CliError(subprocess.CalledProcessError):
+    """A `mailward` command failed; str() shows its output so a test failure says why."""
+
+    def __str__(self) -> str:
+        def text(data: Any) -> str:
+            if isinstance(data, bytes):
+                return data.decode("utf-8", "replace")[-_LOG_TAIL:]
+            return str(data or "")[-_LOG_TAIL:]
+
+        return (
+            f"{' '.join(map(str, self.cmd))!s} exited {self.returncode}\n"
+            f"--- stdout ---\n{text(self.stdout)}\n--- stderr ---\n{text(self.stderr)}"
+        )
+
+
+class ServerStartError(RuntimeError):
+    """The server process exited (`exited`) or did not open its ports in time."""
+
+    def __init__(self, message: str, *, exited: bool = False) -> None:
+        super().__init__(message)
+        self.exited = exited
+
+
+class _PinnedNameContext(ssl.SSLContext):
+    """A client context that verifies the peer against `TLS_NAME` whatever host name
+    the caller connected to (smtplib passes the address it dialled, 127.0.0.1)."""
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=TLS_NAME,
+            session=session,
+        )
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        return super().wrap_bio(
+            incoming,
+            outgoing,
+            server_side=server_side,
+            server_hostname=TLS_NAME,
+            session=session,
+        )
+
+
+@dataclass
+class RunningServer:
+    data_dir: Path
+    host: str
+    port_offset: int
+    cert_path: Path
+    process: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    @property
+    def smtp_port(self) -> int:
+        return self.port_offset + 25
+
+    @property
+    def submission_port(self) -> int:
+        return self.port_offset + 587
+
+    @property
+    def submissions_port(self) -> int:
+        return self.port_offset + 465
+
+    def cli(
+        self, *args: str, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run `python -m mailward ARGS... --data DIR` and capture its output."""
+        cmd = [sys.executable, "-m", "mailward", *args, "--data", str(self.data_dir)]
+        result = subprocess.run(  # noqa: S603 (fixed argv, no shell)
+            cmd,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_CLI_TIMEOUT,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise CliError(result.returncode, cmd, result.stdout, result.stderr)
+        return result
+
+    def start(self, timeout: float = 20) -> None:
+        """Start `mailward serve` and return once every served port accepts TCP."""
+        if self.process is not None and self.process.poll() is None:
+            raise ServerStartError("server is already running")
+        cmd = [sys.executable, "-m", "mailward", "serve", "--data", str(self.data_dir)]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 (fixed argv, no shell)
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + timeout
+        waiting = [self.port_offset + port for port in SERVED_PORTS]
+        while waiting:
+            waiting = [port for port in waiting if not self._accepts(port)]
+            if not waiting:
+                break
+            try:
+                # Doubles as the poll interval: returns early if the child dies.
+                status = self.process.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
+            else:
+                raise ServerStartError(
+                    f"mailward serve exited with status {status} before listening\n"
+                    + self.log_tail(),
+                    exited=True,
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise ServerStartError(
+                    f"ports {waiting} not accepting connections after {timeout}s\n"
+                    + self.log_tail()
+                )
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM the server and wait for it; returns its exit status.
+
+        Raises `subprocess.TimeoutExpired` if it does not exit within `timeout`."""
+        if self.process is None:
+            raise ServerStartError("server was never started")
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the server (no clean shutdown) and reap it."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def add_user(self, address: str, password: str) -> None:
+        self.cli("user", "add", address, "--password-stdin", input=password.encode() + b"\n")
+
+    def log_events(self) -> list[dict[str, object]]:
+        """Every JSON object logged so far (lines that are not JSON objects are skipped)."""
+        events: list[dict[str, object]] = []
+        try:
+            data = self.log_path.read_bytes()
+        except FileNotFoundError:
+            return events
+        for line in data.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                events.append(record)
+        return events
+
+    def log_tail(self, size: int = _LOG_TAIL) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except FileNotFoundError:
+            return "--- no log ---"
+        return "--- log tail ---\n" + data[-size:].decode("utf-8", "replace")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts only `cert_path` and checks it names localhost."""
+        context = _PinnedNameContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_verify_locations(cafile=str(self.cert_path))
+        context.check_hostname = True
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def _accepts(self, port: int) -> bool:
+        try:
+            with socket.create_connection((self.host, port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+
+def _binds(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_offset(host: str = "127.0.0.1") -> int:
+    """A random offset in [20000, 40000) at which every standard port binds right now."""
+    low, high = _OFFSET_RANGE
+    for _ in range(500):
+        offset = low + secrets.randbelow(high - low)
+        if all(_binds(host, offset + port) for port in RESERVED_PORTS):
+            return offset
+    raise RuntimeError(f"no free port offset found on {host}")
+
+
+def _cert_path(data_dir: Path) -> Path:
+    """The certificate the config names (tls.cert, relative to the data directory)."""
+    cert = "tls/cert.pem"
+    try:
+        with open(data_dir / "mailward.toml", "rb") as f:
+            value = tomllib.load(f).get("tls", {}).get("cert")
+    except (OSError, tomllib.TOMLDecodeError):
+        value = None
+    if isinstance(value, str) and value:
+        cert = value
+    path = Path(cert)
+    return path if path.is_absolute() else data_dir / path
+
+
+@contextlib.contextmanager
+def mail_server(
+    tmp_path: Path,
+    *,
+    domain: str = "example.test",
+    users: dict[str, str] | None = None,
+    config: dict[str, str] | None = None,
+) -> Iterator[RunningServer]:
+    """Initialise a data directory under `tmp_path`, apply `config` (dotted keys), add
+    `users` (address -> password), start the server on 127.0.0.1; stop it on exit."""
+    host = "127.0.0.1"
+    data_dir = tmp_path / "mailward-data"
+    offset = free_port_offset(host)
+    server = RunningServer(
+        data_dir=data_dir,
+        host=host,
+        port_offset=offset,
+        cert_path=data_dir / "tls" / "cert.pem",
+        process=None,
+        log_path=tmp_path / "mailward-server.log",
+    )
+    server.cli(
+        "init",
+        "--domain",
+        domain,
+        "--hostname",
+        TLS_NAME,
+        "--port-offset",
+        str(offset),
+        "--listen",
+        host,
+    )
+    server.cert_path = _cert_path(data_dir)
+    for key, value in (config or {}).items():
+        server.cli("config", "set", key, value)
+    for address, password in (users or {}).items():
+        server.add_user(address, password)
+    # Another process may take a port between choosing the offset and binding it:
+    # then the server exits at once and we try again elsewhere.
+    for attempt in range(3):
+        try:
+            server.start()
+            break
+        except ServerStartError as exc:
+            if attempt == 2 or not exc.exited:
+                raise
+            server.port_offset = free_port_offset(host)
+            server.cli("config", "set", "listen.port_offset", str(server.port_offset))
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        except subprocess.TimeoutExpired:
+            server.kill()
