@@ -18,7 +18,7 @@ from mailward.auth import Authenticator, AuthPolicy
 from mailward.config.load import ConfigError, load_config
 from mailward.config.schema import CONFIG_FILE, Config
 from mailward.crypto.passwords import PasswordHasher
-from mailward.crypto.tls import server_context
+from mailward.crypto.tls import TlsConfigError, server_context
 from mailward.logs import EventLog, open_log
 from mailward.net.listener import SmtpService
 from mailward.pipeline.runner import Pipeline
@@ -53,7 +53,7 @@ def serve(data_dir: Path) -> int:
         return 2
     try:
         tls = server_context(resolve(data_dir, config.tls.cert), resolve(data_dir, config.tls.key))
-    except (OSError, ValueError) as exc:
+    except (TlsConfigError, OSError, ValueError) as exc:
         print(f"mailward: error: {config_path}: tls: {exc}", file=sys.stderr)
         return 2
     # asyncio reports every failed client TLS handshake as an error: they are the

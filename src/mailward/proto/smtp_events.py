@@ -98,7 +98,8 @@ class MessageEnd:
 @dataclass(frozen=True, slots=True)
 class MessageAborted:
     """Notice: the message was refused while arriving (size limit, bare CR/LF, line over
-    1000 octets, ...). The core already queued `reply`; the shell drops the spool."""
+    1000 octets, ...). The shell drops the spool at once; the core keeps reading to the
+    end of the message (or BDAT chunk) and then sends the refusal (`reply_code`) itself."""
 
     reply_code: int
     reason: str
