@@ -409,7 +409,7 @@ def test_mx_delivery_is_byte_exact(server: RunningServer, recipient: str) -> Non
     assert fields[0] == b"Return-Path: <someone@foreign.test>", fields
     assert stored(server, BOB) == []
     # The log records the delivery but never the message body.
-    assert any(e.get("event") == "message.stored" for e in server.log_events())
+    server.wait_for_events("message.stored")
     assert b".leading dot" not in server.log_path.read_bytes()
 
 
@@ -438,7 +438,8 @@ def test_submission_foreign_recipient_is_queued_local_is_stored(server: RunningS
     assert_stored_exactly(server, BOB, sent)
     assert stored(server, ALICE) == []
     # The foreign recipient went to the outbound queue (the log says so).
-    stored_events = [e for e in server.log_events() if e.get("event") == "message.stored"]
+    events = server.wait_for_events("message.stored")
+    stored_events = [e for e in events if e.get("event") == "message.stored"]
     assert [(e.get("local_recipients"), e.get("queued_recipients")) for e in stored_events] == [
         (1, 1)
     ], stored_events
@@ -468,8 +469,7 @@ def test_submission_wrong_password(server: RunningServer) -> None:
         assert code == 530, text
         code, text = smtp.docmd(*auth_plain(ALICE, PASSWORDS[ALICE]).split(" ", 1))
         assert code == 235, text
-    events = server.log_events()
-    assert events, "the server logs JSON lines"
+    assert server.wait_for_events("auth.success", "auth.failure")
     log = server.log_path.read_bytes()
     assert b"correct-horse-battery-staple-4" not in log
     assert b"whatever-it-is" not in log

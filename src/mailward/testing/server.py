@@ -212,6 +212,19 @@ class RunningServer:
                 events.append(record)
         return events
 
+    def wait_for_events(self, *names: str, timeout: float = 10.0) -> list[dict[str, object]]:
+        """Poll the log until an event of every name in `names` has been written (the
+        server buffers info lines and flushes them at least every 0.2 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.log_events()
+            missing = set(names) - {str(e.get("event")) for e in events}
+            if not missing:
+                return events
+            if time.monotonic() > deadline:
+                raise AssertionError(f"events {sorted(missing)} never logged\n{self.log_tail()}")
+            time.sleep(0.05)
+
     def log_tail(self, size: int = _LOG_TAIL) -> str:
         try:
             data = self.log_path.read_bytes()
