@@ -31,6 +31,8 @@ from mailward.proto.replies import SHUTTING_DOWN, TOO_MANY_CONNECTIONS
 from mailward.proto.smtp import SmtpSettings
 from mailward.store.api import MailStore
 
+HARD_STOP = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
@@ -112,9 +114,15 @@ class SmtpService:
             for session in list(self.sessions):
                 session.interrupt(SHUTTING_DOWN, force=False)
             await asyncio.sleep(0.05)
+        # Sessions still here are mid-message: close them with 421 where they wait for
+        # input (nothing of theirs was acknowledged); a client that does not even read
+        # its replies has its connection aborted after HARD_STOP seconds.
+        hard_deadline = asyncio.get_running_loop().time() + HARD_STOP
         while self.sessions:
             for session in list(self.sessions):
                 session.interrupt(SHUTTING_DOWN, force=True)
+                if asyncio.get_running_loop().time() > hard_deadline:
+                    session.writer.transport.abort()
             await asyncio.sleep(0.05)
         await self._close_servers()
 
