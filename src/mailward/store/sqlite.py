@@ -20,9 +20,12 @@ Threading and locking invariants:
 Durability invariant ("nothing acknowledged is lost", DESIGN.md 3): `deliver()` returns
 only after (1) the message's blob file and its directory entry are durable
 (`BlobArea.ingest`), and (2) the transaction holding its index and queue rows has been
-committed with ``synchronous=FULL``. Group commit: the writer takes every pending
-delivery at once and does (1) for the whole batch with coalesced syncs, then (2) as ONE
-transaction, and only then resolves their futures. A failing request (missing spool
+committed with ``synchronous=FULL``. Group commit, in two pipelined stages: a syncer
+thread takes every pending delivery at once and does (1) for the whole batch with
+coalesced syncs, then hands the batch to the writer, which does (2) for every synced
+batch waiting as ONE transaction and only then resolves their futures. While the writer
+commits one batch the syncer already syncs the next, so a batch costs about the longer
+of the two stages, not their sum. A failing request (missing spool
 file, unknown mailbox, ...) is rolled back to its own savepoint and fails alone; its
 blob is removed. A blob row is inserted in the same transaction as the rows that
 reference it, so the database never references a file that is not durable.
@@ -108,10 +111,17 @@ class _Deliver:
     flags: list[str]  # serialised flags per local target
     loop: asyncio.AbstractEventLoop
     fut: asyncio.Future[DeliveryReceipt]
-    blob_id: str = ""  # assigned by the writer, per batch
+    blob_id: str = ""  # assigned by the syncer, per batch
     size: int = 0
     error: StoreError | None = None
     receipt: DeliveryReceipt | None = None
+
+
+@dataclass(eq=False)
+class _Synced:
+    """Deliveries whose blobs are durable (or that failed), ready for the commit."""
+
+    reqs: list[_Deliver]
 
 
 _STOP = object()
@@ -283,8 +293,10 @@ class SqliteStore:
         self.blobs = BlobArea(data_dir / "blobs", sync_mode, sync_workers)
         self._stats = StoreStats()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._sync_queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._closed = False
         self._writer: threading.Thread | None = None
+        self._syncer: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -313,6 +325,10 @@ class SqliteStore:
             target=store._writer_main, name="mailward-store-writer", daemon=True
         )
         store._writer.start()
+        store._syncer = threading.Thread(
+            target=store._syncer_main, name="mailward-store-syncer", daemon=True
+        )
+        store._syncer.start()
         return store
 
     def _open_db(self) -> None:
@@ -353,7 +369,9 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._sync_queue.put(_STOP)  # the syncer forwards it to the writer when done
+        if self._syncer is not None:
+            await asyncio.to_thread(self._syncer.join)
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
         await asyncio.to_thread(self._read_pool.shutdown, True)
@@ -426,33 +444,61 @@ class SqliteStore:
                 batch: list[_Deliver] = []
                 # FIFO: a write request ends the delivery batch collected before it.
                 for item in items:
-                    if isinstance(item, _Deliver):
-                        batch.append(item)
+                    if isinstance(item, _Synced):
+                        batch.extend(item.reqs)
                         if len(batch) >= MAX_BATCH:
-                            self._run_batch(batch)
+                            self._commit_batch(batch)
                             batch = []
                         continue
                     if batch:
-                        self._run_batch(batch)
+                        self._commit_batch(batch)
                         batch = []
                     if item is _STOP:
                         stop = True
                     elif isinstance(item, _Write):
                         self._run_write(conn, item)
                 if batch:
-                    self._run_batch(batch)
+                    self._commit_batch(batch)
             # Anything enqueued after close() started (a race with _check_open).
             while True:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(item, _Deliver | _Write):
+                if isinstance(item, _Write):
                     item.loop.call_soon_threadsafe(
                         _resolve, item.fut, None, StoreError("store is closed")
                     )
         finally:
             conn.close()
+
+    def _syncer_main(self) -> None:
+        """Stage 1 of group commit: make every pending delivery's blob durable."""
+        stop = False
+        while not stop:
+            items = [self._sync_queue.get()]
+            while True:
+                try:
+                    items.append(self._sync_queue.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [item for item in items if isinstance(item, _Deliver)]
+            for start in range(0, len(batch), MAX_BATCH):
+                chunk = batch[start : start + MAX_BATCH]
+                self._sync_batch(chunk)
+                self._queue.put(_Synced(chunk))
+            stop = any(item is _STOP for item in items)
+        # Deliveries that raced with close(): never synced, never acknowledged.
+        while True:
+            try:
+                item = self._sync_queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Deliver):
+                item.loop.call_soon_threadsafe(
+                    _resolve, item.fut, None, StoreError("store is closed")
+                )
+        self._queue.put(_STOP)
 
     def _run_write(self, conn: sqlite3.Connection, req: _Write) -> None:
         try:
@@ -474,23 +520,32 @@ class SqliteStore:
         else:
             req.loop.call_soon_threadsafe(_resolve, req.fut, result)
 
-    def _run_batch(self, reqs: list[_Deliver]) -> None:
-        conn = self._conn
-        assert conn is not None
-        self._stats.batches += 1
-        self._stats.largest_batch = max(self._stats.largest_batch, len(reqs))
+    def _sync_batch(self, reqs: list[_Deliver]) -> None:
+        """1. Blob files durable (coalesced syncs for the whole batch); failures are
+        recorded on each request for the commit stage to report."""
         try:
             for r, blob_id in zip(reqs, BlobArea.new_batch_ids(len(reqs)), strict=True):
                 r.blob_id = blob_id
-            # 1. Blob files durable (coalesced syncs for the whole batch).
             results = self.blobs.ingest([(r.delivery.spool, r.blob_id) for r in reqs])
-            live: list[_Deliver] = []
             for r, res in zip(reqs, results, strict=True):
                 if isinstance(res, StoreError):
                     r.error = res
                 else:
                     r.size = res
-                    live.append(r)
+        except Exception as exc:  # an OS failure or a bug: fail the batch, keep serving
+            err = StoreError("delivery failed")
+            err.__cause__ = exc
+            for r in reqs:
+                if r.error is None:
+                    r.error = err
+
+    def _commit_batch(self, reqs: list[_Deliver]) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._stats.batches += 1
+        self._stats.largest_batch = max(self._stats.largest_batch, len(reqs))
+        try:
+            live = [r for r in reqs if r.error is None]
             # 2. One transaction for every surviving request; each in its own savepoint.
             if live:
                 try:
@@ -838,7 +893,7 @@ class SqliteStore:
             loop=loop,
             fut=fut,
         )
-        self._queue.put(req)
+        self._sync_queue.put(req)
         # If the caller is cancelled the delivery still completes (or fails) normally;
         # the caller just never learns the outcome, so it must not acknowledge it.
         return await fut
