@@ -12,6 +12,7 @@ event off the hot path; warnings and errors are always flushed at once.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -22,6 +23,11 @@ from typing import IO, Any
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _FORBIDDEN = ("password", "passwd", "secret", "body", "credential")
+
+
+@functools.lru_cache(maxsize=1024)
+def _allowed(key: str) -> bool:
+    return not any(word in key.lower() for word in _FORBIDDEN)
 
 
 class EventLog:
@@ -48,9 +54,8 @@ class EventLog:
             "event": event,
         }
         for key, value in fields.items():
-            if any(word in key.lower() for word in _FORBIDDEN):
-                continue
-            record[key] = value
+            if _allowed(key):
+                record[key] = value
         line = json.dumps(record, default=str, ensure_ascii=False)
         with self._lock:
             self._stream.write(line + "\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -303,7 +302,7 @@ class SmtpSession:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.spool_file = open(fd, "wb", buffering=READ_SIZE)  # noqa: SIM115 - closed in _end_of_data/_drop_spool
         self.spool_path = path
-        queue_id = f"{self.info.session_id}.{self.messages}.{secrets.token_hex(2)}"
+        queue_id = f"{self.info.session_id}.{self.messages}"
         prefix = trace_headers(self.info, self.envelope, self.hostname, queue_id, None)
         self.spool_file.write(prefix)
         self.trace_length = len(prefix)

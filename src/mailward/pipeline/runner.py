@@ -84,23 +84,25 @@ class Pipeline:
         """Run body checks on the spooled message, then make it durable for every target."""
         try:
             reply = await self._check_body(session, spool, trace_length, size)
-            if reply is not None:
-                return reply
-            local = [
-                LocalTarget(r.account_id)
-                for r in envelope.recipients
-                if isinstance(r, LocalRecipient)
-            ]
-            outbound = [r.address for r in envelope.recipients if not isinstance(r, LocalRecipient)]
+        except OSError as exc:
+            self._log.error("spool.read_failed", session=session.session_id, error=str(exc))
+            reply = LOCAL_ERROR
+        if reply is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spool)
+            return reply
+        local = [
+            LocalTarget(r.account_id) for r in envelope.recipients if isinstance(r, LocalRecipient)
+        ]
+        outbound = [r.address for r in envelope.recipients if not isinstance(r, LocalRecipient)]
+        try:
+            # From here the store owns the spool file: it renames or deletes it.
             receipt = await self._store.deliver(
                 Delivery(spool=spool, sender=envelope.sender, local=local, outbound=outbound)
             )
         except (StoreError, OSError) as exc:
             self._log.error("message.store_failed", session=session.session_id, error=str(exc))
             return LOCAL_ERROR
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(spool)
         self._log.info(
             "message.stored",
             session=session.session_id,
