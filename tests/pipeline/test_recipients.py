@@ -4,11 +4,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from mailward.proto.address import parse_path
 
 from mailward.app import open_store
 from mailward.pipeline.recipients import RecipientPolicy
 from mailward.pipeline.types import Envelope, LocalRecipient, RemoteRecipient, SessionInfo
+from mailward.proto.address import parse_path
 from mailward.proto.smtp_events import RcptTo
 
 
