@@ -25,13 +25,13 @@ import contextlib
 import ipaddress
 import os
 import re
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from mailward.config.schema import CONFIG_FILE, PORTS, Config
+from mailward.files import atomic_write, private_directory
 from mailward.message import mbox
 from mailward.store.api import (
     AlreadyExists,
@@ -43,7 +43,6 @@ from mailward.store.api import (
     canonical_address,
 )
 
-DIR_MODE = 0o700
 KEY_MODE = 0o600
 CERT_MODE = 0o644
 # Deliveries in flight during an import: lets the store group-commit many messages per
@@ -99,10 +98,9 @@ def _check_password(password: str, address: str) -> None:
 
 
 def _make_private_dir(path: Path) -> None:
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    if not path.is_dir() or path.is_symlink():
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise AdminError(f"{path} is not a directory")
-    os.chmod(path, DIR_MODE)
+    private_directory(path)
 
 
 def _install_file(source: Path, target: Path, mode: int) -> None:
@@ -111,18 +109,7 @@ def _install_file(source: Path, target: Path, mode: int) -> None:
         data = source.read_bytes()
     except OSError as exc:
         raise AdminError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    atomic_write(target, data, mode=mode)
 
 
 def config_path(data_dir: Path) -> Path:

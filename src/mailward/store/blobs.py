@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mailward.files import private_directory
 from mailward.store.api import StoreError
 
 FILE_MODE = 0o600
@@ -56,21 +57,6 @@ class SyncMode(enum.StrEnum):
     FSYNC_POOL = "fsync-pool"
     FSYNC_SERIAL = "fsync-serial"
     SYNCFS = "syncfs"
-
-
-def ensure_private_dir(path: Path) -> None:
-    """Create `path` (and missing parents) if needed and make it mode 0700."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) != DIR_MODE:
-        path.chmod(DIR_MODE)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load_syncfs() -> Callable[[int], None]:
@@ -97,7 +83,7 @@ class BlobArea:
         self.root = root
         self.sync_mode = SyncMode(sync_mode)
         self.sync_calls = 0  # fsync/syncfs system calls issued by ingest
-        ensure_private_dir(root)
+        private_directory(root)
         self._known_dirs: set[str] = set()  # fan-out dirs whose entry is durable
         self._new_dirs: set[str] = set()  # used by the batch in progress, root not synced
         self._syncfs: Callable[[int], None] | None = None

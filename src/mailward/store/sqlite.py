@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailward.files import private_directory
 from mailward.store.api import (
     DEFAULT_MAILBOXES,
     Account,
@@ -67,7 +68,7 @@ from mailward.store.api import (
     StoreError,
     canonical_address,
 )
-from mailward.store.blobs import FILE_MODE, BlobArea, SyncMode, ensure_private_dir
+from mailward.store.blobs import FILE_MODE, BlobArea, SyncMode
 
 __all__ = ["SqliteStore", "StoreStats", "SyncMode"]
 
@@ -288,8 +289,8 @@ class SqliteStore:
         self.data_dir = data_dir
         self.db_path = data_dir / DB_NAME
         self.spool_dir = data_dir / "spool"
-        ensure_private_dir(data_dir)
-        ensure_private_dir(self.spool_dir)
+        private_directory(data_dir)
+        private_directory(self.spool_dir)
         self.blobs = BlobArea(data_dir / "blobs", sync_mode, sync_workers)
         self._stats = StoreStats()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
