@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from mailward.auth import Authenticator
 from mailward.config.schema import PORTS, Config
 from mailward.logs import EventLog
-from mailward.net.smtp_server import SmtpSession
+from mailward.net.smtp_server import SmtpServices, SmtpSession
 from mailward.pipeline.runner import Pipeline
 from mailward.pipeline.types import SessionInfo
 from mailward.proto.replies import SHUTTING_DOWN, TOO_MANY_CONNECTIONS
@@ -73,11 +73,26 @@ class SmtpService:
         self.servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
         self.per_ip: Counter[str] = Counter()
+        self.settings: dict[str, SmtpSettings] = {}
+        timeouts = config.timeouts
+        self.services = SmtpServices(
+            hostname=config.server.hostname,
+            tls_context=tls_context,
+            store=store,
+            pipeline=pipeline,
+            authenticator=authenticator,
+            log=log,
+            command_timeout=timeouts.command,
+            data_block_timeout=timeouts.data_block,
+            data_total_timeout=timeouts.data_total,
+            tls_handshake_timeout=timeouts.tls_handshake,
+        )
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.smtp.trusted_networks]
 
     async def start(self) -> list[ListenerSpec]:
         host = self.config.listen.address or None
         specs = listener_specs(self.config)
+        self.settings = {spec.name: self._settings(spec) for spec in specs}
         try:
             for spec in specs:
                 server = await asyncio.start_server(
@@ -166,23 +181,7 @@ class SmtpService:
             session_id=session_id,
             trusted_network=address is not None and any(address in n for n in self.trusted),
         )
-        timeouts = self.config.timeouts
-        session = SmtpSession(
-            reader,
-            writer,
-            info=info,
-            settings=self._settings(spec),
-            hostname=self.config.server.hostname,
-            tls_context=self.tls_context,
-            store=self.store,
-            pipeline=self.pipeline,
-            authenticator=self.authenticator,
-            log=self.log,
-            command_timeout=timeouts.command,
-            data_block_timeout=timeouts.data_block,
-            data_total_timeout=timeouts.data_total,
-            tls_handshake_timeout=timeouts.tls_handshake,
-        )
+        session = SmtpSession(reader, writer, info, self.settings[spec.name], self.services)
         if spec.implicit_tls:
             session.note_tls()
         self.per_ip[ip] += 1

@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,39 +48,37 @@ from mailward.store.api import MailStore
 READ_SIZE = 256 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class SmtpServices:
+    """What every session of one listener shares; built once, not per connection."""
+
+    hostname: str
+    tls_context: ssl.SSLContext
+    store: MailStore
+    pipeline: Pipeline
+    authenticator: Authenticator
+    log: EventLog
+    command_timeout: float
+    data_block_timeout: float
+    data_total_timeout: float
+    tls_handshake_timeout: float
+
+
 class SmtpSession:
     def __init__(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        *,
         info: SessionInfo,
         settings: SmtpSettings,
-        hostname: str,
-        tls_context: object,
-        store: MailStore,
-        pipeline: Pipeline,
-        authenticator: Authenticator,
-        log: EventLog,
-        command_timeout: float,
-        data_block_timeout: float,
-        data_total_timeout: float,
-        tls_handshake_timeout: float,
+        services: SmtpServices,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.info = info
         self.core = SmtpServer(settings)
-        self.hostname = hostname
-        self.tls_context = tls_context
-        self.store = store
-        self.pipeline = pipeline
-        self.authenticator = authenticator
-        self.log = log
-        self.command_timeout = command_timeout
-        self.data_block_timeout = data_block_timeout
-        self.data_total_timeout = data_total_timeout
-        self.tls_handshake_timeout = tls_handshake_timeout
+        self.svc = services
+        self.log = services.log
         self.interruptible = False
         self.interrupt_requested = False
         self.closing_reply: Reply | None = None
@@ -185,10 +185,10 @@ class SmtpSession:
             core.close(self.closing_reply)
             return
         if core.phase in ("data", "bdat"):
-            remaining = self.data_total_timeout - (time.monotonic() - self.data_started)
-            timeout = max(0.0, min(self.data_block_timeout, remaining))
+            remaining = self.svc.data_total_timeout - (time.monotonic() - self.data_started)
+            timeout = max(0.0, min(self.svc.data_block_timeout, remaining))
         else:
-            timeout = self.command_timeout
+            timeout = self.svc.command_timeout
         self.interruptible = True
         try:
             async with asyncio.timeout(timeout):
@@ -221,13 +221,13 @@ class SmtpSession:
     async def _mail(self, event: ev.MailFrom) -> Reply:
         if self.closing_reply is not None:
             return self.closing_reply
-        reply, envelope = await self.pipeline.mail_from(self.info, event)
+        reply, envelope = await self.svc.pipeline.mail_from(self.info, event)
         self.envelope = envelope
         return reply
 
     async def _rcpt(self, event: ev.RcptTo) -> Reply:
         assert self.envelope is not None
-        return await self.pipeline.rcpt_to(self.info, self.envelope, event)
+        return await self.svc.pipeline.rcpt_to(self.info, self.envelope, event)
 
     async def _end_of_data(self, event: ev.MessageEnd) -> Reply:
         if self.spool_file is None or self.spool_path is None or self.envelope is None:
@@ -241,7 +241,7 @@ class SmtpSession:
             return LOCAL_ERROR
         self.spool_file = None
         self.spool_path = None
-        reply = await self.pipeline.end_of_data(
+        reply = await self.svc.pipeline.end_of_data(
             self.info, self.envelope, spool, self.trace_length, event.size
         )
         if reply.is_positive:
@@ -252,7 +252,7 @@ class SmtpSession:
     async def _authenticate(self, event: ev.AuthCredentials) -> Reply:
         if event.authzid and event.authzid.lower() != event.username.lower():
             return AUTH_FAILED  # RFC 4616 2: we allow no proxy authorisation
-        outcome = await self.authenticator.authenticate(
+        outcome = await self.svc.authenticator.authenticate(
             event.username,
             event.password,
             ip=self.info.peer_ip,
@@ -271,8 +271,8 @@ class SmtpSession:
         await self.flush()
         try:
             await self.writer.start_tls(
-                self.tls_context,  # type: ignore[arg-type]
-                ssl_handshake_timeout=self.tls_handshake_timeout,
+                self.svc.tls_context,
+                ssl_handshake_timeout=self.svc.tls_handshake_timeout,
             )
         except (ConnectionError, OSError, TimeoutError) as exc:
             self.log.info("tls.failed", session=self.info.session_id, error=str(exc))
@@ -298,12 +298,12 @@ class SmtpSession:
         assert self.envelope is not None
         self._drop_spool()
         self.data_started = time.monotonic()
-        path = self.store.new_spool()
+        path = self.svc.store.new_spool()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.spool_file = open(fd, "wb", buffering=READ_SIZE)  # noqa: SIM115 - closed in _end_of_data/_drop_spool
         self.spool_path = path
         queue_id = f"{self.info.session_id}.{self.messages}"
-        prefix = trace_headers(self.info, self.envelope, self.hostname, queue_id, None)
+        prefix = trace_headers(self.info, self.envelope, self.svc.hostname, queue_id, None)
         self.spool_file.write(prefix)
         self.trace_length = len(prefix)
 
