@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import secrets
 import ssl
 from collections import Counter
@@ -74,6 +75,9 @@ class SmtpService:
         self.sessions: set[SmtpSession] = set()
         self.per_ip: Counter[str] = Counter()
         self.settings: dict[str, SmtpSettings] = {}
+        # Session ids: unique per process run, no random bytes per connection.
+        self.id_prefix = secrets.token_hex(3)
+        self.session_numbers = itertools.count(1)
         timeouts = config.timeouts
         self.services = SmtpServices(
             hostname=config.server.hostname,
@@ -161,7 +165,7 @@ class SmtpService:
     ) -> None:
         peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)  # noqa: S104 - a placeholder, not a bind
         ip, port = str(peer[0]), int(peer[1])
-        session_id = secrets.token_hex(6)
+        session_id = f"{self.id_prefix}{next(self.session_numbers):x}"
         self.log.info("smtp.connect", session=session_id, ip=ip, port=port, listener=spec.name)
         if (
             self.per_ip[ip] >= self.config.limits.connections_per_ip

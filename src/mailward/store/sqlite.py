@@ -428,17 +428,15 @@ class SqliteStore:
         return await loop.run_in_executor(self._read_pool, self._read_in_thread, fn)
 
     async def _lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A small indexed read on the caller's thread (see the module docstring)."""
+        """A small indexed read on the caller's thread (see the module docstring).
+
+        `fn` must run exactly one SQL statement: in autocommit mode that statement is
+        its own consistent snapshot, so no BEGIN/COMMIT round trips are needed."""
         self._check_open()
         try:
             if self._inline is None:
                 self._inline = _connect_ro(self.db_path, busy_timeout_ms=0)
-            conn = self._inline
-            conn.execute("BEGIN")
-            try:
-                return fn(conn)
-            finally:
-                conn.execute("COMMIT")
+            return fn(self._inline)
         except sqlite3.OperationalError:
             return await self._read(fn)
 
