@@ -1,8 +1,9 @@
 """The asyncio shell around the sans-I/O SMTP core: one `SmtpSession` per connection.
 
 It pumps bytes between the socket and `proto.smtp.SmtpServer`, answers the core's
-decision events through the pipeline and the authenticator, streams DATA into a spool
-file (memory per session does not grow with message size), upgrades to TLS on
+decision events through the pipeline and the authenticator, streams DATA into a
+`MessageSpool` (memory up to 64 KiB, then a spool file: memory per session does not
+grow with message size), upgrades to TLS on
 STARTTLS, and enforces the per-phase timeouts of RFC 5321 4.5.3.2.
 
 Invariants:
@@ -46,6 +47,7 @@ from mailward.proto.smtp import SmtpServer, SmtpSettings
 from mailward.store.api import MailStore
 
 READ_SIZE = 256 * 1024
+SPOOL_MEMORY_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +86,7 @@ class SmtpSession:
         self.closing_reply: Reply | None = None
         self.task: asyncio.Task[None] | None = None
         self.envelope: Envelope | None = None
-        self.spool_path: Path | None = None
-        self.spool_file: BinaryIO | None = None
+        self.spool: MessageSpool | None = None
         self.trace_length = 0
         self.data_started = 0.0
         self.messages = 0
@@ -134,8 +135,8 @@ class SmtpSession:
                 await self.flush()
                 await self._receive()
             elif isinstance(event, ev.MessageChunk):
-                if self.spool_file is not None:
-                    self.spool_file.write(event.data)
+                if self.spool is not None:
+                    self.spool.write(event.data)
             elif isinstance(event, ev.RcptTo):
                 core.send_reply(await self._rcpt(event))
             elif isinstance(event, ev.MailFrom):
@@ -230,19 +231,17 @@ class SmtpSession:
         return await self.svc.pipeline.rcpt_to(self.info, self.envelope, event)
 
     async def _end_of_data(self, event: ev.MessageEnd) -> Reply:
-        if self.spool_file is None or self.spool_path is None or self.envelope is None:
+        spool, self.spool = self.spool, None
+        if spool is None or self.envelope is None:
             return LOCAL_ERROR
-        spool = self.spool_path
         try:
-            self.spool_file.close()
+            content = spool.finish()
         except OSError as exc:
             self.log.error("spool.write_failed", session=self.info.session_id, error=str(exc))
-            self._drop_spool()
+            spool.discard()
             return LOCAL_ERROR
-        self.spool_file = None
-        self.spool_path = None
         reply = await self.svc.pipeline.end_of_data(
-            self.info, self.envelope, spool, self.trace_length, event.size
+            self.info, self.envelope, spool.path, content, self.trace_length, event.size
         )
         if reply.is_positive:
             self.messages += 1
@@ -298,21 +297,51 @@ class SmtpSession:
         assert self.envelope is not None
         self._drop_spool()
         self.data_started = time.monotonic()
-        path = self.svc.store.new_spool()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self.spool_file = open(fd, "wb", buffering=READ_SIZE)  # noqa: SIM115 - closed in _end_of_data/_drop_spool
-        self.spool_path = path
         queue_id = f"{self.info.session_id}.{self.messages}"
         prefix = trace_headers(self.info, self.envelope, self.svc.hostname, queue_id, None)
-        self.spool_file.write(prefix)
+        self.spool = MessageSpool(self.svc.store.new_spool(), prefix)
         self.trace_length = len(prefix)
 
     def _drop_spool(self) -> None:
-        if self.spool_file is not None:
+        if self.spool is not None:
+            self.spool.discard()
+            self.spool = None
+
+
+class MessageSpool:
+    """Where one arriving message goes: memory up to SPOOL_MEMORY_LIMIT (small messages
+    are handed to the store as bytes and written off the event loop), beyond that a
+    0600 spool file, so memory per session stays bounded whatever the message size."""
+
+    def __init__(self, path: Path, prefix: bytes) -> None:
+        self.path = path
+        self.buffer = bytearray(prefix)
+        self.file: BinaryIO | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.file is not None:
+            self.file.write(data)
+            return
+        self.buffer += data
+        if len(self.buffer) > SPOOL_MEMORY_LIMIT:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.file = open(fd, "wb", buffering=READ_SIZE)  # noqa: SIM115 - closed in finish/discard
+            self.file.write(self.buffer)
+            self.buffer = bytearray()
+
+    def finish(self) -> bytes | None:
+        """The message bytes if they stayed in memory, else None (the file is complete)."""
+        if self.file is None:
+            return bytes(self.buffer)
+        file, self.file = self.file, None
+        file.close()
+        return None
+
+    def discard(self) -> None:
+        self.buffer = bytearray()
+        if self.file is not None:
             with contextlib.suppress(OSError):
-                self.spool_file.close()
-            self.spool_file = None
-        if self.spool_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spool_path)
-            self.spool_path = None
+                self.file.close()
+            self.file = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)

@@ -79,11 +79,18 @@ class Pipeline:
         return RECIPIENT_OK
 
     async def end_of_data(
-        self, session: SessionInfo, envelope: Envelope, spool: Path, trace_length: int, size: int
+        self,
+        session: SessionInfo,
+        envelope: Envelope,
+        spool: Path,
+        content: bytes | None,
+        trace_length: int,
+        size: int,
     ) -> Reply:
-        """Run body checks on the spooled message, then make it durable for every target."""
+        """Run body checks on the message (`content` if it is in memory, else the spool
+        file), then make it durable for every target."""
         try:
-            reply = await self._check_body(session, spool, trace_length, size)
+            reply = await self._check_body(session, spool, content, trace_length, size)
         except OSError as exc:
             self._log.error("spool.read_failed", session=session.session_id, error=str(exc))
             reply = LOCAL_ERROR
@@ -98,7 +105,13 @@ class Pipeline:
         try:
             # From here the store owns the spool file: it renames or deletes it.
             receipt = await self._store.deliver(
-                Delivery(spool=spool, sender=envelope.sender, local=local, outbound=outbound)
+                Delivery(
+                    spool=spool,
+                    sender=envelope.sender,
+                    local=local,
+                    outbound=outbound,
+                    content=content,
+                )
             )
         except (StoreError, OSError) as exc:
             self._log.error("message.store_failed", session=session.session_id, error=str(exc))
@@ -114,13 +127,21 @@ class Pipeline:
         return MESSAGE_ACCEPTED
 
     async def _check_body(
-        self, session: SessionInfo, spool: Path, trace_length: int, size: int
+        self,
+        session: SessionInfo,
+        spool: Path,
+        content: bytes | None,
+        trace_length: int,
+        size: int,
     ) -> Reply | None:
         if session.listener != "submission":
             return None
-        with open(spool, "rb") as f:
-            f.seek(trace_length)
-            prefix = f.read(MAX_HEADER_SECTION + 4)
+        if content is not None:
+            prefix = content[trace_length : trace_length + MAX_HEADER_SECTION + 4]
+        else:
+            with open(spool, "rb") as f:
+                f.seek(trace_length)
+                prefix = f.read(MAX_HEADER_SECTION + 4)
         try:
             section = header_section(prefix, complete=size <= MAX_HEADER_SECTION)
         except HeaderSectionTooLarge:

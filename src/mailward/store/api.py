@@ -130,13 +130,18 @@ class LocalTarget:
 class Delivery:
     """One message to make durable: `spool` holds its final bytes (headers we add
     included). The store takes ownership of the file: it is renamed into the blob
-    area (same filesystem) or deleted."""
+    area (same filesystem) or deleted.
+
+    A small message may instead be handed over as `content`, with `spool` a fresh
+    path from `new_spool()` that does not exist yet: the store writes the file itself,
+    off the caller's event loop, with the same durability."""
 
     spool: Path
     sender: str
     local: Sequence[LocalTarget]
     outbound: Sequence[str]
     internal_date: float | None = None
+    content: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,25 @@ def _resolve(
         fut.set_result(result)
 
 
+def _write_spool(path: Path, content: bytes) -> StoreError | None:
+    """Write a message handed over in memory to its (new) spool file, mode 0600."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        return StoreError(f"cannot create spool file: {exc.strerror}")
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return StoreError(f"cannot write spool file: {exc.strerror}")
+    finally:
+        os.close(fd)
+    return None
+
+
 _Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
@@ -555,8 +574,12 @@ class SqliteStore:
         try:
             for r, blob_id in zip(reqs, BlobArea.new_batch_ids(len(reqs)), strict=True):
                 r.blob_id = blob_id
-            results = self.blobs.ingest([(r.delivery.spool, r.blob_id) for r in reqs])
-            for r, res in zip(reqs, results, strict=True):
+            for r in reqs:
+                if r.delivery.content is not None:
+                    r.error = _write_spool(r.delivery.spool, r.delivery.content)
+            pending = [r for r in reqs if r.error is None]
+            results = self.blobs.ingest([(r.delivery.spool, r.blob_id) for r in pending])
+            for r, res in zip(pending, results, strict=True):
                 if isinstance(res, StoreError):
                     r.error = res
                 else:

@@ -286,6 +286,35 @@ async def check_deliver_local_and_outbound(store: MailStore) -> None:
 
 
 @_check
+async def check_deliver_in_memory_content(store: MailStore) -> None:
+    """A message handed over as `content` is stored like a spooled one, byte-exact,
+    also when mixed concurrently with spooled deliveries."""
+    (alice,) = await _setup(store, "alice@example.org")
+    messages = [sample_message(n, 200 + 37 * n) for n in range(40)]
+
+    async def one(n: int, data: bytes) -> DeliveryReceipt:
+        if n % 2:
+            return await deliver_bytes(store, data, [LocalTarget(alice.id)])
+        delivery = Delivery(
+            spool=store.new_spool(),
+            sender="s@remote.example",
+            local=[LocalTarget(alice.id)],
+            outbound=[],
+            content=data,
+        )
+        return await store.deliver(delivery)
+
+    receipts = await asyncio.gather(*(one(n, d) for n, d in enumerate(messages)))
+    by_uid = {}
+    for data, rcpt in zip(messages, receipts, strict=True):
+        ((_mailbox, uid),) = rcpt.stored
+        by_uid[uid] = data
+    assert sorted(by_uid) == list(range(1, 41))
+    for uid, data in by_uid.items():
+        assert await store.read_message(alice.id, "INBOX", uid) == data
+
+
+@_check
 async def check_outbound_only(store: MailStore) -> None:
     await _setup(store, "alice@example.org")
     rcpt = await deliver_bytes(store, b"out\r\n", [], ["x@remote.example"])
