@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailward.testing.server import RunningServer, mail_server
+from mailward.testing.smtp_raw import mbox_messages
 
 USER = "dura@example.test"
 USERS = {USER: "correct-horse-battery-staple-42"}
@@ -37,25 +38,7 @@ SIZES = (600, 4_000, 30_000, 250_000)
 CLIENT_TIMEOUT = 30.0
 DEADLINE = 120.0
 
-_SEPARATOR = re.compile(rb"^From [^\n]*\n", re.M)
-_QUOTED_FROM = re.compile(rb"^>(>*From )", re.M)
 _MARKER = re.compile(rb"X-Durability-Marker: (\S+)\r\n")
-
-
-def split_mboxrd(data: bytes) -> list[bytes]:
-    """Messages of an mboxrd export (see tests/interop/test_clients.py)."""
-    if not data:
-        return []
-    assert data.startswith(b"From "), data[:120]
-    seps = list(_SEPARATOR.finditer(data))
-    messages = []
-    for i, sep in enumerate(seps):
-        end = seps[i + 1].start() if i + 1 < len(seps) else len(data)
-        eol = b"\r\n" if sep.group().endswith(b"\r\n") else b"\n"
-        chunk = data[sep.end() : end]
-        assert chunk.endswith(eol), f"message {i} not followed by {eol!r}: {chunk[-40:]!r}"
-        messages.append(_QUOTED_FROM.sub(rb"\1", chunk[: -len(eol)]))
-    return messages
 
 
 def strip_trace(stored: bytes) -> bytes:
@@ -74,7 +57,7 @@ def strip_trace(stored: bytes) -> bytes:
 
 def stored_by_marker(srv: RunningServer) -> dict[str, list[bytes]]:
     found: dict[str, list[bytes]] = {}
-    for stored in split_mboxrd(srv.cli("export", USER).stdout):
+    for stored in mbox_messages(srv.cli("export", USER).stdout):
         m = _MARKER.search(stored)
         assert m, f"a stored message carries no marker: {stored[:300]!r}"
         found.setdefault(m.group(1).decode(), []).append(strip_trace(stored))

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from mailward.testing.server import RunningServer, mail_server
+from mailward.testing.smtp_raw import mbox_messages
 
 pytestmark = pytest.mark.interop
 
@@ -60,29 +61,8 @@ def find_tool(name: str) -> str:
     return path
 
 
-_SEPARATOR = re.compile(rb"^From [^\n]*\n", re.M)
-_QUOTED_FROM = re.compile(rb"^>(>*From )", re.M)
-
-
-def split_mboxrd(data: bytes) -> list[bytes]:
-    """Messages of an mboxrd file: cut at "From " lines (the only unquoted ones), drop
-    the one line ending that follows each message, undo one level of ">From " quoting."""
-    if not data:
-        return []
-    assert data.startswith(b"From "), f"export does not start with a From_ line: {data[:120]!r}"
-    seps = list(_SEPARATOR.finditer(data))
-    messages = []
-    for i, sep in enumerate(seps):
-        end = seps[i + 1].start() if i + 1 < len(seps) else len(data)
-        eol = b"\r\n" if sep.group().endswith(b"\r\n") else b"\n"
-        chunk = data[sep.end() : end]
-        assert chunk.endswith(eol), f"message {i} not followed by {eol!r}: {chunk[-40:]!r}"
-        messages.append(_QUOTED_FROM.sub(rb"\1", chunk[: -len(eol)]))
-    return messages
-
-
 def exported(srv: RunningServer, address: str) -> list[bytes]:
-    return split_mboxrd(srv.cli("export", address).stdout)
+    return mbox_messages(srv.cli("export", address).stdout)
 
 
 def stored_with(srv: RunningServer, address: str, marker: str, count: int = 1) -> list[bytes]:
