@@ -26,6 +26,8 @@ from mailward.proto.smtp_events import (
     SmtpEvent,
 )
 
+from . import merged
+
 OPEN = b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
 OPEN_REPLIES = (
     b"250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE %d\r\n250-8BITMIME\r\n"
@@ -54,20 +56,6 @@ def run(pieces: Iterable[bytes], **settings: Any) -> tuple[list[SmtpEvent], byte
             if type(event) in ANSWERS:
                 srv.send_reply(ANSWERS[type(event)])
     return events, srv.data_to_send()
-
-
-def merged(events: list[SmtpEvent]) -> list[SmtpEvent]:
-    """Events with adjacent chunks joined, and the chunks of aborted messages dropped
-    (how content is cut into chunks depends on how it arrived)."""
-    out: list[SmtpEvent] = []
-    for e in events:
-        if isinstance(e, MessageChunk) and out and isinstance(out[-1], MessageChunk):
-            out[-1] = MessageChunk(out[-1].data + e.data)
-        elif isinstance(e, MessageAborted) and out and isinstance(out[-1], MessageChunk):
-            out[-1] = e
-        else:
-            out.append(e)
-    return out
 
 
 def both_ways(data: bytes, **settings: Any) -> tuple[list[SmtpEvent], bytes]:

@@ -30,7 +30,6 @@ from mailward.proto.smtp_events import (
     CommandRefused,
     ConnectionClosed,
     MailFrom,
-    MessageAborted,
     MessageChunk,
     MessageEnd,
     NeedData,
@@ -38,6 +37,8 @@ from mailward.proto.smtp_events import (
     SmtpEvent,
     StartTls,
 )
+
+from . import merged
 
 ANSWERS: dict[type, Reply] = {
     MailFrom: SENDER_OK,
@@ -94,18 +95,6 @@ def check_replies(out: bytes) -> None:
             assert re.fullmatch(rb"[A-Za-z0-9+/=]*", text)
         pos = m.end()
     assert pending is None
-
-
-def merged(events: list[SmtpEvent]) -> list[SmtpEvent]:
-    out: list[SmtpEvent] = []
-    for e in events:
-        if isinstance(e, MessageChunk) and out and isinstance(out[-1], MessageChunk):
-            out[-1] = MessageChunk(out[-1].data + e.data)
-        elif isinstance(e, MessageAborted) and out and isinstance(out[-1], MessageChunk):
-            out[-1] = e
-        else:
-            out.append(e)
-    return out
 
 
 PLAIN = base64.b64encode(b"\x00user\x00pass")
