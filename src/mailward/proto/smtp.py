@@ -583,12 +583,10 @@ class SmtpServer:
             self._refuse("MAIL", AUTH_REQUIRED, "authentication required")  # RFC 4954 6
             return
         # RFC 5321 4.1.1.2: "MAIL FROM:" Reverse-path [SP Mail-parameters]
-        if arg[:5].upper() != "FROM:":
+        rest = _after_keyword(arg, "FROM:")
+        if rest is None:
             self._refuse("MAIL", _SYNTAX, "syntax")
             return
-        rest = arg[5:]
-        if rest.startswith(" "):
-            rest = rest[1:]  # leniency: one space after the colon
         try:
             path_text, params_text = split_path(rest)
         except AddressError:
@@ -637,12 +635,10 @@ class SmtpServer:
     def _cmd_rcpt(self, arg: str) -> None:
         # RFC 5321 4.1.1.3: "RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" /
         # Forward-path ) [SP Rcpt-parameters]
-        if arg[:3].upper() != "TO:":
+        rest = _after_keyword(arg, "TO:")
+        if rest is None:
             self._refuse("RCPT", _SYNTAX, "syntax")
             return
-        rest = arg[3:]
-        if rest.startswith(" "):
-            rest = rest[1:]  # leniency: one space after the colon
         try:
             path_text, params_text = split_path(rest)
             path = parse_path(path_text, utf8=self._smtputf8, postmaster=True)
@@ -984,3 +980,12 @@ COMMAND_TABLE: dict[str, _Row] = {
 }
 """Which command may run in which `SessionState` (columns in `SessionState` order)."""
 assert COMMAND_TABLE.keys() == _VERBS
+
+
+def _after_keyword(arg: str, keyword: str) -> str | None:
+    """What follows "FROM:" / "TO:" (case-insensitive), or None if it is missing.
+    Leniency: one space after the colon is tolerated, as most clients expect."""
+    if arg[: len(keyword)].upper() != keyword:
+        return None
+    rest = arg[len(keyword) :]
+    return rest[1:] if rest.startswith(" ") else rest
