@@ -9,7 +9,6 @@ every state change. Listeners are "mx" (port 25: mail for local domains only) an
 from __future__ import annotations
 
 import enum
-import ipaddress
 from dataclasses import dataclass, field
 
 from mailward.proto.replies import Reply
@@ -60,10 +59,6 @@ class SessionInfo:
     @property
     def authenticated(self) -> bool:
         return self.account_id is not None
-
-    @property
-    def peer(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        return ipaddress.ip_address(self.peer_ip)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""SMTP replies and the one typed, safe-to-show SMTP error.
+"""SMTP replies: the one typed, safe-to-show answer every refusal is made of.
 
 RFC 5321 section 4.2 (reply lines), RFC 3463 / RFC 2034 (enhanced status codes).
 A `Reply` carries only generic text meant for the client; detail belongs in the log.
@@ -41,19 +41,6 @@ class Reply:
         return "".join(out).encode("utf-8")
 
 
-class SmtpError(Exception):
-    """A refusal that is safe to show: the client sees `reply`, the log may see `detail`."""
-
-    def __init__(self, reply: Reply, detail: str = "") -> None:
-        super().__init__(detail or " ".join(reply.lines))
-        self.reply = reply
-        self.detail = detail
-
-    @property
-    def temporary(self) -> bool:
-        return self.reply.is_temporary
-
-
 # Replies used across the server, named so code and tests share them.
 OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
@@ -67,7 +54,6 @@ NO_SUCH_USER = Reply(550, "5.1.1", "No such recipient here")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 SENDER_NOT_OWNED = Reply(550, "5.7.1", "Sender address not owned by authenticated user")
 FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header address not owned by authenticated user")
-BAD_ADDRESS = Reply(553, "5.1.3", "Address syntax not accepted")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
