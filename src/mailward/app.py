@@ -20,7 +20,8 @@ from mailward.config.schema import CONFIG_FILE, Config
 from mailward.crypto.passwords import PasswordHasher
 from mailward.crypto.tls import TlsConfigError, server_context
 from mailward.logs import EventLog, open_log
-from mailward.net.listener import SmtpService
+from mailward.net.listener import MailService
+from mailward.net.smtp_server import smtp_services, smtp_session_factory
 from mailward.pipeline.runner import Pipeline
 from mailward.store.api import MailStore
 
@@ -79,7 +80,9 @@ async def _serve(data_dir: Path, config: Config, tls: object, log: EventLog) -> 
         lockout_seconds=config.auth.lockout_seconds,
     )
     authenticator = Authenticator(store, hasher, log, policy)
-    service = SmtpService(config, store, Pipeline(store, log), authenticator, tls, log)
+    smtp = smtp_services(config, tls, store, Pipeline(store, log), authenticator, log)
+    factory = smtp_session_factory(config, smtp)
+    service = MailService(config, tls, log, {"mx": factory, "submission": factory})
     try:
         specs = await service.start()
     except OSError as exc:

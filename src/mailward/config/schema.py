@@ -40,6 +40,10 @@ class ListenConfig:
     submissions: bool = field(
         default=True, metadata=doc("Serve submission over implicit TLS (offset+465)")
     )
+    imap: bool = field(default=True, metadata=doc("Serve IMAP with STARTTLS (offset+143)"))
+    imaps: bool = field(default=True, metadata=doc("Serve IMAP over implicit TLS (offset+993)"))
+    pop3: bool = field(default=True, metadata=doc("Serve POP3 with STLS (offset+110)"))
+    pop3s: bool = field(default=True, metadata=doc("Serve POP3 over implicit TLS (offset+995)"))
 
 
 @dataclass(frozen=True)
@@ -123,4 +127,12 @@ class Config:
 
 
 # Standard ports; a listener binds at listen.port_offset + this.
-PORTS = {"smtp": 25, "submission": 587, "submissions": 465}
+PORTS = {
+    "smtp": 25,
+    "submission": 587,
+    "submissions": 465,
+    "imap": 143,
+    "imaps": 993,
+    "pop3": 110,
+    "pop3s": 995,
+}

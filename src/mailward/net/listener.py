@@ -1,14 +1,21 @@
-"""SMTP listeners: bind, implicit TLS, connection limits, graceful shutdown.
+"""Listeners for every protocol: bind, implicit TLS, connection limits, shutdown.
 
-Ports (RFC 6409, RFC 8314): offset+25 MX ("mx": no AUTH, local domains only unless
-trusted), offset+587 submission with STARTTLS, offset+465 submission over implicit TLS.
-Per-IP and global concurrent connection limits are enforced before the greeting
-(Postfix's smtpd_client_connection_count_limit analogue, default 50); a client over
-the limit gets 421 4.7.0 and is disconnected.
+Ports (RFC 6409, RFC 8314, RFC 9051, RFC 1939): offset+25 MX ("mx": no AUTH, local
+domains only unless trusted), offset+587 submission with STARTTLS, offset+465
+submission over implicit TLS, offset+143 IMAP with STARTTLS, offset+993 IMAP over
+implicit TLS, offset+110 POP3 with STLS, offset+995 POP3 over implicit TLS.
 
-Shutdown (SIGTERM): stop accepting, close idle sessions with 421, let sessions in the
-middle of a message finish for a grace period, then close the rest with 421 at a point
-where nothing has been acknowledged; deliveries already in flight always complete.
+The protocols differ only in their session class: `MailService` takes one
+`SessionFactory` per listener kind and owns what they share. Per-IP and global
+concurrent connection limits (counted over all listeners) are enforced before the
+greeting (Postfix's smtpd_client_connection_count_limit analogue, default 50); a client
+over the limit gets the protocol's "try later" line and is disconnected.
+
+Shutdown (SIGTERM): stop accepting, ask every session to close at its next safe point
+(idle ones at once), let sessions in the middle of a message or a store write finish
+for a grace period, then ask again with force: a session closes where it waits for
+input, where nothing of its own is unacknowledged; a client that does not even read
+its replies has its connection aborted after HARD_STOP seconds.
 """
 
 from __future__ import annotations
@@ -20,83 +27,97 @@ import itertools
 import secrets
 import ssl
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from mailward.auth import Authenticator
 from mailward.config.schema import PORTS, Config
 from mailward.logs import EventLog
-from mailward.net.smtp_server import SmtpServices, SmtpSession
-from mailward.pipeline.runner import Pipeline
 from mailward.pipeline.types import SessionInfo
-from mailward.proto.replies import SHUTTING_DOWN, TOO_MANY_CONNECTIONS
-from mailward.proto.smtp import SmtpSettings
-from mailward.store.api import MailStore
+from mailward.proto.replies import TOO_MANY_CONNECTIONS
 
 HARD_STOP = 10.0
+
+# What a refused connection is told, per protocol (RFC 5321 4.2.3 421, RFC 9051 7.1.5
+# BYE, RFC 2449 8 [SYS/TEMP]).
+BUSY_LINES = {
+    "smtp": TOO_MANY_CONNECTIONS.to_bytes(),
+    "imap": b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+    "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
     name: str  # config key under [listen] and in PORTS
-    kind: str  # "mx" | "submission"
+    kind: str  # "mx" | "submission" | "imap" | "pop3"
     port: int
     implicit_tls: bool
+
+    @property
+    def protocol(self) -> str:
+        return "smtp" if self.kind in ("mx", "submission") else self.kind
+
+
+# (config key, kind, implicit TLS) of every listener, in binding order.
+LISTENERS: tuple[tuple[str, str, bool], ...] = (
+    ("smtp", "mx", False),
+    ("submission", "submission", False),
+    ("submissions", "submission", True),
+    ("imap", "imap", False),
+    ("imaps", "imap", True),
+    ("pop3", "pop3", False),
+    ("pop3s", "pop3", True),
+)
 
 
 def listener_specs(config: Config) -> list[ListenerSpec]:
     offset = config.listen.port_offset
-    specs = []
-    if config.listen.smtp:
-        specs.append(ListenerSpec("smtp", "mx", offset + PORTS["smtp"], False))
-    if config.listen.submission:
-        specs.append(ListenerSpec("submission", "submission", offset + PORTS["submission"], False))
-    if config.listen.submissions:
-        specs.append(ListenerSpec("submissions", "submission", offset + PORTS["submissions"], True))
-    return specs
+    return [
+        ListenerSpec(name, kind, offset + PORTS[name], implicit)
+        for name, kind, implicit in LISTENERS
+        if getattr(config.listen, name)
+    ]
 
 
-class SmtpService:
+class Session(Protocol):
+    writer: asyncio.StreamWriter
+
+    async def run(self) -> None: ...
+
+    def interrupt(self, *, force: bool) -> None:
+        """Close at the next safe point (see the module docstring)."""
+        ...
+
+
+SessionFactory = Callable[
+    [asyncio.StreamReader, asyncio.StreamWriter, SessionInfo, ListenerSpec], Session
+]
+
+
+class MailService:
     def __init__(
         self,
         config: Config,
-        store: MailStore,
-        pipeline: Pipeline,
-        authenticator: Authenticator,
         tls_context: ssl.SSLContext,
         log: EventLog,
+        factories: Mapping[str, SessionFactory],
     ) -> None:
         self.config = config
-        self.store = store
-        self.pipeline = pipeline
-        self.authenticator = authenticator
         self.tls_context = tls_context
         self.log = log
+        self.factories = factories
         self.servers: list[asyncio.Server] = []
-        self.sessions: set[SmtpSession] = set()
+        self.sessions: set[Session] = set()
         self.per_ip: Counter[str] = Counter()
-        self.settings: dict[str, SmtpSettings] = {}
         # Session ids: unique per process run, no random bytes per connection.
         self.id_prefix = secrets.token_hex(3)
         self.session_numbers = itertools.count(1)
-        timeouts = config.timeouts
-        self.services = SmtpServices(
-            hostname=config.server.hostname,
-            tls_context=tls_context,
-            store=store,
-            pipeline=pipeline,
-            authenticator=authenticator,
-            log=log,
-            command_timeout=timeouts.command,
-            data_block_timeout=timeouts.data_block,
-            data_total_timeout=timeouts.data_total,
-            tls_handshake_timeout=timeouts.tls_handshake,
-        )
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.smtp.trusted_networks]
 
     async def start(self) -> list[ListenerSpec]:
         host = self.config.listen.address or None
-        specs = listener_specs(self.config)
-        self.settings = {spec.name: self._settings(spec) for spec in specs}
+        specs = [s for s in listener_specs(self.config) if s.kind in self.factories]
         try:
             for spec in specs:
                 server = await asyncio.start_server(
@@ -124,41 +145,24 @@ class SmtpService:
         self.servers.clear()
 
     async def stop(self, grace: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
         for server in self.servers:
             server.close()
-        for session in list(self.sessions):
-            session.interrupt(SHUTTING_DOWN, force=False)
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.sessions and asyncio.get_running_loop().time() < deadline:
+        deadline = loop.time() + grace
+        while True:
             for session in list(self.sessions):
-                session.interrupt(SHUTTING_DOWN, force=False)
+                session.interrupt(force=False)
+            if not self.sessions or loop.time() >= deadline:
+                break
             await asyncio.sleep(0.05)
-        # Sessions still here are mid-message: close them with 421 where they wait for
-        # input (nothing of theirs was acknowledged); a client that does not even read
-        # its replies has its connection aborted after HARD_STOP seconds.
-        hard_deadline = asyncio.get_running_loop().time() + HARD_STOP
+        hard_deadline = loop.time() + HARD_STOP
         while self.sessions:
             for session in list(self.sessions):
-                session.interrupt(SHUTTING_DOWN, force=True)
-                if asyncio.get_running_loop().time() > hard_deadline:
+                session.interrupt(force=True)
+                if loop.time() > hard_deadline:
                     session.writer.transport.abort()
             await asyncio.sleep(0.05)
         await self._close_servers()
-
-    def _settings(self, spec: ListenerSpec) -> SmtpSettings:
-        limits = self.config.limits
-        return SmtpSettings(
-            hostname=self.config.server.hostname,
-            max_message_size=limits.message_size,
-            max_recipients=limits.recipients,
-            max_bad_commands=limits.bad_commands,
-            max_commands=limits.commands_per_session,
-            tls_available=True,
-            tls_active=spec.implicit_tls,
-            auth_enabled=spec.kind == "submission",
-            auth_required=spec.kind == "submission",
-            bare_line_endings=self.config.smtp.bare_line_endings,
-        )
 
     async def _connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, spec: ListenerSpec
@@ -166,13 +170,16 @@ class SmtpService:
         peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)  # noqa: S104 - a placeholder, not a bind
         ip, port = str(peer[0]), int(peer[1])
         session_id = f"{self.id_prefix}{next(self.session_numbers):x}"
-        self.log.info("smtp.connect", session=session_id, ip=ip, port=port, listener=spec.name)
+        protocol = spec.protocol
+        self.log.info(
+            f"{protocol}.connect", session=session_id, ip=ip, port=port, listener=spec.name
+        )
         if (
             self.per_ip[ip] >= self.config.limits.connections_per_ip
             or len(self.sessions) >= self.config.limits.connections
         ):
             self.log.warning("limit.connections", session=session_id, ip=ip, listener=spec.name)
-            writer.write(TOO_MANY_CONNECTIONS.to_bytes())
+            writer.write(BUSY_LINES[protocol])
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
             writer.close()
@@ -185,9 +192,7 @@ class SmtpService:
             session_id=session_id,
             trusted_network=address is not None and any(address in n for n in self.trusted),
         )
-        session = SmtpSession(reader, writer, info, self.settings[spec.name], self.services)
-        if spec.implicit_tls:
-            session.note_tls()
+        session = self.factories[spec.kind](reader, writer, info, spec)
         self.per_ip[ip] += 1
         self.sessions.add(session)
         try:

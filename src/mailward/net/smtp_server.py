@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mailward.auth import Authenticator
+from mailward.config.schema import Config
 from mailward.crypto.tls import describe_tls
 from mailward.logs import EventLog
+from mailward.net.listener import ListenerSpec, SessionFactory
 from mailward.pipeline.runner import Pipeline
 from mailward.pipeline.trace import trace_headers
 from mailward.pipeline.types import Envelope, SessionInfo
@@ -101,7 +103,7 @@ class SmtpSession:
 
     # --- the event loop of one session -------------------------------------------
 
-    def interrupt(self, reply: Reply, *, force: bool) -> None:
+    def interrupt(self, *, force: bool, reply: Reply = SHUTTING_DOWN) -> None:
         """Close the session with `reply` at its next safe point: now if it is waiting
         for a command (or for any input when `force`), else after its current step."""
         self.closing_reply = reply
@@ -345,3 +347,62 @@ class MessageSpool:
             self.file = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def smtp_settings(config: Config, spec: ListenerSpec) -> SmtpSettings:
+    limits = config.limits
+    return SmtpSettings(
+        hostname=config.server.hostname,
+        max_message_size=limits.message_size,
+        max_recipients=limits.recipients,
+        max_bad_commands=limits.bad_commands,
+        max_commands=limits.commands_per_session,
+        tls_available=True,
+        tls_active=spec.implicit_tls,
+        auth_enabled=spec.kind == "submission",
+        auth_required=spec.kind == "submission",
+        bare_line_endings=config.smtp.bare_line_endings,
+    )
+
+
+def smtp_session_factory(config: Config, services: SmtpServices) -> SessionFactory:
+    """Sessions for the "mx" and "submission" listeners; settings built once per listener."""
+    settings: dict[str, SmtpSettings] = {}
+
+    def make(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        info: SessionInfo,
+        spec: ListenerSpec,
+    ) -> SmtpSession:
+        if spec.name not in settings:
+            settings[spec.name] = smtp_settings(config, spec)
+        session = SmtpSession(reader, writer, info, settings[spec.name], services)
+        if spec.implicit_tls:
+            session.note_tls()
+        return session
+
+    return make
+
+
+def smtp_services(
+    config: Config,
+    tls_context: ssl.SSLContext,
+    store: MailStore,
+    pipeline: Pipeline,
+    authenticator: Authenticator,
+    log: EventLog,
+) -> SmtpServices:
+    timeouts = config.timeouts
+    return SmtpServices(
+        hostname=config.server.hostname,
+        tls_context=tls_context,
+        store=store,
+        pipeline=pipeline,
+        authenticator=authenticator,
+        log=log,
+        command_timeout=timeouts.command,
+        data_block_timeout=timeouts.data_block,
+        data_total_timeout=timeouts.data_total,
+        tls_handshake_timeout=timeouts.tls_handshake,
+    )
