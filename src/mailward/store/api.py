@@ -19,7 +19,7 @@ case-sensitive (RFC 5321 2.4).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +35,14 @@ class AlreadyExists(StoreError):
 
 class NotFound(StoreError):
     pass
+
+
+class OverQuota(StoreError):
+    """The account's storage quota would be exceeded (IMAP [OVERQUOTA], SMTP 5.2.2)."""
+
+
+class MailboxNotEmpty(StoreError):
+    """Refused because the mailbox still has something (e.g. inferior names)."""
 
 
 class SpecialUse(enum.StrEnum):
@@ -86,6 +94,63 @@ class Mailbox:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    """Counts for IMAP STATUS / SELECT, computed without reading any message body."""
+
+    mailbox: Mailbox
+    unseen: int  # messages without \\Seen
+    deleted: int  # messages with \\Deleted
+    size: int  # sum of message sizes (RFC 8438 STATUS=SIZE)
+    recent: int  # messages with uid > the mailbox's recent mark
+    first_unseen_uid: int  # 0 when every message is seen
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxChanges:
+    """Everything that changed in a mailbox after `since` (a MODSEQ), RFC 7162.
+
+    `changed` holds every message whose modseq > since, ordered by uid: both new
+    messages and flag changes (a session tells them apart by uid). `expunged` holds
+    the uids removed with a modseq > since, ascending."""
+
+    highestmodseq: int
+    uidnext: int
+    changed: Sequence[MessageInfo]
+    expunged: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    used: int  # bytes, every mailbox of the account
+    limit: int  # bytes; 0 = unlimited
+
+
+class FlagMode(enum.StrEnum):
+    ADD = "+"
+    REMOVE = "-"
+    REPLACE = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FlagUpdate:
+    """Result of `store_flags`: the messages whose flags changed (new modseq) and the
+    uids refused by UNCHANGEDSINCE (RFC 7162 3.1.3 MODIFIED)."""
+
+    changed: Sequence[MessageInfo]
+    unchanged: Sequence[MessageInfo]  # asked for, no change needed (flags as they are)
+    modified: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    """RFC 4315 COPYUID data: destination UIDVALIDITY and the uid pairs, in order."""
+
+    uidvalidity: int
+    pairs: Sequence[tuple[int, int]]  # (source uid, destination uid)
+    expunge_modseq: int = 0  # MOVE only: the modseq of the source expunge
+
+
+@dataclass(frozen=True, slots=True)
 class MessageInfo:
     mailbox_id: int
     uid: int
@@ -124,6 +189,10 @@ class LocalTarget:
     account_id: int
     mailbox: str = "INBOX"
     flags: frozenset[str] = frozenset()
+    # Refuse with OverQuota instead of storing past the account's quota (APPEND).
+    # SMTP checks quota at RCPT time instead, so one full mailbox cannot fail a
+    # delivery that other recipients share.
+    enforce_quota: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +280,118 @@ class MailStore(Protocol):
 
     async def list_messages(self, account_id: int, mailbox: str) -> list[MessageInfo]: ...
     async def read_message(self, account_id: int, mailbox: str, uid: int) -> bytes: ...
+
+    # IMAP / POP3 access. Every call takes the account id and checks that the mailbox
+    # (by id) belongs to it: NotFound otherwise, exactly as for a mailbox that does not
+    # exist, so nothing tells one account about another's (DESIGN.md 3, walled off).
+    # Names: INBOX is case-insensitive; hierarchy separator "/"; a name is data only.
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        """Delete the mailbox and its messages (RFC 9051 6.3.4). INBOX cannot be
+        deleted (StoreError). Inferior names are left in place."""
+        ...
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        """RFC 9051 6.3.6: rename, with every inferior name ("old/..." follows). The
+        UIDVALIDITY is kept. Renaming INBOX moves all its messages into a new mailbox
+        `new` and leaves INBOX empty. AlreadyExists if `new` (or a renamed inferior)
+        exists; NotFound if `old` does not.
+
+        Renaming INBOX: `new` gets a fresh UIDVALIDITY (its messages keep their uids),
+        INBOX keeps its own and its inferiors, and the moved messages are expunged
+        from INBOX (with a modseq, for QRESYNC). Subscriptions are not renamed."""
+        ...
+
+    async def subscribe(self, account_id: int, name: str) -> None: ...
+    async def unsubscribe(self, account_id: int, name: str) -> None:
+        """NotFound when the name is not subscribed."""
+        ...
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        """Subscribed names, which need not exist (RFC 9051 6.3.7)."""
+        ...
+
+    async def mailbox_status(self, account_id: int, name: str) -> MailboxStatus: ...
+
+    async def mark_recent(self, account_id: int, mailbox_id: int) -> int:
+        """Claim \\Recent (RFC 3501 2.3.2) for a read-write SELECT: returns the old
+        mark; messages with a uid above it are recent for this session only. The
+        mark moves to uidnext - 1, so no later session sees them as recent."""
+        ...
+
+    async def list_uids(self, account_id: int, mailbox_id: int) -> list[int]:
+        """Every uid in the mailbox, ascending (a session's message sequence)."""
+        ...
+
+    async def fetch_info(
+        self, account_id: int, mailbox_id: int, uid_ranges: Sequence[tuple[int, int]]
+    ) -> list[MessageInfo]:
+        """The messages whose uid is in one of the inclusive (lo, hi) ranges, by uid."""
+        ...
+
+    async def read_blob(self, blob_id: str, offset: int = 0, length: int = -1) -> bytes:
+        """Bytes of a message body file; a caller streams a large message in chunks.
+        The blob id comes from a MessageInfo this account was given. NotFound when
+        there is no such blob (e.g. its last message has been expunged since)."""
+        ...
+
+    async def store_flags(
+        self,
+        account_id: int,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: FlagMode,
+        flags: frozenset[str],
+        unchangedsince: int | None = None,
+    ) -> FlagUpdate:
+        """RFC 9051 6.4.6 / RFC 7162 3.1.3: one new modseq for every changed message.
+
+        Flags compare case-insensitively; system flags are stored in their RFC
+        spelling; \\Recent is never stored (dropped). Uids that do not exist are
+        ignored."""
+        ...
+
+    async def copy_messages(
+        self, account_id: int, mailbox_id: int, uids: Sequence[int], dest: str
+    ) -> CopyResult:
+        """Copy (sharing the blob) into `dest`, which must exist (NotFound); keeps flags
+        and internal date. Quota enforced (OverQuota)."""
+        ...
+
+    async def move_messages(
+        self, account_id: int, mailbox_id: int, uids: Sequence[int], dest: str
+    ) -> CopyResult:
+        """RFC 6851 MOVE: copy and expunge the sources in one transaction."""
+        ...
+
+    async def expunge(
+        self,
+        account_id: int,
+        mailbox_id: int,
+        uids: Sequence[int] | None = None,
+        *,
+        only_deleted: bool = True,
+    ) -> list[int]:
+        """Remove messages flagged \\Deleted (restricted to `uids` when given; every
+        listed uid when only_deleted is False, for POP3). Returns the removed uids,
+        ascending. Each removal is recorded with a new modseq (QRESYNC VANISHED).
+        only_deleted=False needs `uids` (StoreError without)."""
+        ...
+
+    async def changes_since(
+        self, account_id: int, mailbox_id: int, since: int
+    ) -> MailboxChanges: ...
+
+    async def get_quota(self, account_id: int) -> Quota: ...
+    async def set_quota(self, address: str, limit: int) -> None: ...
+
+    def watch(self, account_id: int, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call `callback(mailbox_id)` on the caller's event loop after any commit that
+        changes one of the account's mailboxes (delivery, flags, expunge, copy...).
+        Returns the function that stops watching. In-process only: sessions also poll
+        (cheaply) so changes made by another process are seen too. Call it from the
+        running loop the callback belongs to; no call happens once the returned
+        function has been called."""
+        ...
 
     # Outbound queue
     async def list_queue(self) -> list[QueueEntry]: ...

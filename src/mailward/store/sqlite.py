@@ -32,14 +32,39 @@ of the two stages, not their sum. A failing request (missing spool
 file, unknown mailbox, ...) is rolled back to its own savepoint and fails alone; its
 blob is removed. A blob row is inserted in the same transaction as the rows that
 reference it, so the database never references a file that is not durable.
+
+IMAP / POP3 access (migration 0002):
+
+- Counters never computed by summing rows: ``mailboxes.message_count`` /
+  ``size_bytes`` and ``accounts.used_bytes`` move in the same statement batch as every
+  message insert or delete (deliver, copy, move, expunge, INBOX rename, mailbox delete;
+  account delete drops the row). A quota is checked against ``used_bytes``: by COPY,
+  and by a delivery to a `LocalTarget` with ``enforce_quota`` (APPEND), where an
+  `OverQuota` rolls back that delivery's savepoint only.
+- MODSEQ (RFC 7162): an operation that changes a mailbox's messages takes ONE new
+  ``highestmodseq`` and stamps it on each changed message and on each tombstone in
+  ``expunged`` (QRESYNC VANISHED). A STORE that changes nothing takes none.
+- \\Seen / \\Deleted are generated columns over ``flags`` with partial indexes, so
+  STATUS / SELECT counts cost the number of such messages, not the mailbox size.
+- Blob files are shared by copies and unlinked only after the commit that deleted the
+  last row referencing them (a crash in between leaves an orphan for
+  `remove_orphan_blobs`, never a row without its file).
+- Change notifications (`watch`): a write op records the (account, mailbox) pairs it
+  changed; after its commit the writer thread schedules each watcher of those accounts
+  on the loop it registered from, one wake-up per loop; the callback is called only if
+  still registered when the loop runs it. In-process only.
+- Uid sets are read with a few bounded statements: one per range when there are few
+  ranges, else ``IN`` lists of at most 500 uids or one span query (`_messages_in`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import importlib.resources
+import itertools
 import os
 import queue
 import re
@@ -60,13 +85,20 @@ from mailward.store.api import (
     Account,
     Alias,
     AlreadyExists,
+    CopyResult,
     Delivery,
     DeliveryReceipt,
+    FlagMode,
+    FlagUpdate,
     Mailbox,
+    MailboxChanges,
+    MailboxStatus,
     MessageInfo,
     NotFound,
+    OverQuota,
     QueueEntry,
     QueueState,
+    Quota,
     SpecialUse,
     StoreError,
     canonical_address,
@@ -84,8 +116,16 @@ READ_WORKERS = 4
 STALE_SPOOL_SECONDS = 86400  # spool files older than this are removed on open
 MAX_NAME = 255  # mailbox names, in characters
 MAX_FLAGS = 64  # per message
+MAX_SUBSCRIPTIONS = 10_000  # per account
+_MAX_QUOTA = 1 << 62
 _UID_MAX = 0xFFFFFFFF
 _FLAG = re.compile(r"\\?[!#$&'+\-./0-9:<=>?@A-Z^_`a-z|~]{1,64}")  # RFC 3501 atom chars
+_SYSTEM_FLAGS = {
+    f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+}
+_RECENT = "\\recent"
+_SQL_CHUNK = 500  # values per IN (...) list: bounded statements
+_FEW_RANGES = 32  # up to this many uid ranges: one indexed query per range
 
 
 @dataclass
@@ -163,6 +203,7 @@ def _write_spool(path: Path, content: bytes) -> StoreError | None:
 
 
 _Answer = tuple[asyncio.Future[Any], Any, BaseException | None]
+_Watcher = Callable[[int], None]
 
 
 def _resolve_all(answers: list[_Answer]) -> None:
@@ -207,20 +248,105 @@ def _mailbox_name(name: str) -> str:
     """INBOX is case-insensitive (RFC 3501 5.1); other names are stored as given."""
     if name.upper() == "INBOX":
         return "INBOX"
-    if not name or len(name) > MAX_NAME or any(ord(c) < 0x20 or c == "\x7f" for c in name):
+    if (
+        not name
+        or len(name) > MAX_NAME
+        or any(ord(c) < 0x20 or c == "\x7f" or 0xD800 <= ord(c) <= 0xDFFF for c in name)
+    ):
         raise StoreError("invalid mailbox name")
     return name
 
 
-def _flags_text(flags: Iterable[str]) -> str:
-    fl = sorted(set(flags))
-    if len(fl) > MAX_FLAGS or not all(_FLAG.fullmatch(f) for f in fl):
+def _clean_flags(flags: Iterable[str]) -> dict[str, str]:
+    """Validated flags keyed by their lower-case form (flags are case-insensitive):
+    system flags in their RFC 9051 spelling, \\Recent dropped (it is per session and
+    never stored, RFC 3501 2.3.2), of several spellings of one keyword the first in
+    sort order."""
+    out: dict[str, str] = {}
+    for f in flags:
+        if not isinstance(f, str) or not _FLAG.fullmatch(f):
+            raise StoreError("invalid message flags")
+        key = f.lower()
+        if key == _RECENT:
+            continue
+        cand = _SYSTEM_FLAGS.get(key, f)
+        cur = out.get(key)
+        out[key] = cand if cur is None else min(cur, cand)
+    if len(out) > MAX_FLAGS:
         raise StoreError("invalid message flags")
-    return " ".join(fl)
+    return out
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    """The stored form: sorted, space-separated (the `seen` and `deleted` columns of
+    migration 0002 look for " \\Seen " and " \\Deleted " in it)."""
+    return " ".join(sorted(_clean_flags(flags).values()))
+
+
+def _flag_keys(text: str) -> dict[str, str]:
+    return {f.lower(): f for f in text.split()}
+
+
+def _uid_ranges(uids: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted, merged, inclusive runs of the valid uids among `uids`."""
+    return _merge_ranges((u, u) for u in uids)
+
+
+def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(lo, hi) pairs (either order) clipped to valid uids, sorted and merged."""
+    spans = sorted(
+        (max(min(a, b), 1), min(max(a, b), _UID_MAX))
+        for a, b in ranges
+        if max(a, b) >= 1 and min(a, b) <= _UID_MAX
+    )
+    out: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def _account(row: sqlite3.Row | tuple[Any, ...]) -> Account:
     return Account(id=row[0], address=row[1], password_hash=row[2], created=row[3])
+
+
+_MAILBOX_COLS = (
+    "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, message_count"
+)
+_MSG_COLS = "id, uid, size, internal_date, flags, modseq, blob_id"  # see _info
+
+
+def _info(mailbox_id: int, r: tuple[Any, ...]) -> MessageInfo:
+    """A MessageInfo from a row of _MSG_COLS."""
+    return MessageInfo(
+        mailbox_id=mailbox_id,
+        uid=r[1],
+        size=r[2],
+        internal_date=r[3],
+        flags=frozenset(r[4].split()),
+        modseq=r[5],
+        blob_id=r[6],
+    )
+
+
+def _by_uid(r: tuple[Any, ...]) -> int:
+    return int(r[1])
+
+
+def _infos(mailbox_id: int, rows: Iterable[tuple[Any, ...]]) -> list[MessageInfo]:
+    """`_info` for many rows; messages share few distinct flag sets, so each is parsed
+    once (half the cost of FETCH 1:* on a large mailbox)."""
+    parsed: dict[str, frozenset[str]] = {}
+    out: list[MessageInfo] = []
+    for r in rows:
+        flags = parsed.get(r[4])
+        if flags is None:
+            flags = parsed[r[4]] = frozenset(r[4].split())
+        out.append(MessageInfo(mailbox_id, r[1], r[2], r[3], flags, r[5], r[6]))
+    return out
 
 
 def _mailbox(row: sqlite3.Row | tuple[Any, ...]) -> Mailbox:
@@ -334,6 +460,13 @@ class SqliteStore:
         self._local = threading.local()
         self._read_pool = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="mailward-read")
         self._inline: sqlite3.Connection | None = None
+        # watch(): account id -> token -> (loop, callback); read by the writer thread.
+        self._watchers: dict[int, dict[int, tuple[asyncio.AbstractEventLoop, _Watcher]]] = {}
+        self._watch_lock = threading.Lock()
+        self._watch_tokens = itertools.count(1)
+        # (account id, mailbox id) changed by the write transaction in progress; only
+        # the writer thread touches it (ops call `_changed_mailbox`).
+        self._changed: set[tuple[int, int]] = set()
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -475,6 +608,63 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise _db_error(exc) from exc
 
+    def _changed_mailbox(self, account_id: int, mailbox_id: int) -> None:
+        """Called by a write op (writer thread): watchers of the account hear about
+        `mailbox_id` once the transaction has committed (not at all if it rolls back)."""
+        self._changed.add((account_id, mailbox_id))
+
+    def _notify(self, changed: Iterable[tuple[int, int]]) -> None:
+        """Writer thread, after a commit: schedule the watchers of every changed
+        mailbox on their own loops, one wake-up per loop. Never raises: the write has
+        committed and must be reported as such (watchers also poll)."""
+        if not self._watchers:  # racy but harmless: a new watcher misses one commit
+            return
+        with contextlib.suppress(Exception):
+            self._schedule_watchers(changed)
+
+    def _schedule_watchers(self, changed: Iterable[tuple[int, int]]) -> None:
+        calls: dict[asyncio.AbstractEventLoop, list[tuple[int, int, _Watcher, int]]] = {}
+        with self._watch_lock:
+            for account_id, mailbox_id in sorted(set(changed)):
+                for token, (loop, cb) in self._watchers.get(account_id, {}).items():
+                    calls.setdefault(loop, []).append((account_id, token, cb, mailbox_id))
+        for loop, items in calls.items():
+            try:
+                loop.call_soon_threadsafe(self._fire, loop, items)
+            except RuntimeError:  # the loop is closed: its watchers will never run
+                with self._watch_lock:
+                    for account_id, token, _cb, _mb in items:
+                        self._watchers.get(account_id, {}).pop(token, None)
+
+    def _fire(
+        self, loop: asyncio.AbstractEventLoop, items: list[tuple[int, int, _Watcher, int]]
+    ) -> None:
+        """On the watcher's loop: call each callback still registered right now, so
+        none runs after its unregister function returned."""
+        for account_id, token, cb, mailbox_id in items:
+            with self._watch_lock:
+                entry = self._watchers.get(account_id, {}).get(token)
+            if entry is None or entry[1] is not cb:
+                continue
+            try:
+                cb(mailbox_id)
+            except Exception as exc:
+                loop.call_exception_handler(
+                    {"message": "store watch callback failed", "exception": exc}
+                )
+
+    async def _unlink_blobs(self, gone: Sequence[str]) -> None:
+        """Remove blob files whose rows a committed transaction deleted. A crash (or a
+        cancelled caller) before this only leaves orphans for `remove_orphan_blobs`."""
+        if not gone:
+            return
+
+        def unlink_all() -> None:
+            for b in gone:
+                self.blobs.remove(b)
+
+        await asyncio.to_thread(unlink_all)
+
     # ---- writer thread ----------------------------------------------------------
 
     def _writer_main(self) -> None:
@@ -549,16 +739,20 @@ class SqliteStore:
         self._queue.put(_STOP)
 
     def _run_write(self, conn: sqlite3.Connection, req: _Write) -> None:
+        self._changed = set()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = req.fn(conn)
                 conn.execute("COMMIT")
             except BaseException:
+                self._changed = set()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
             self._stats.commits += 1
+            changed, self._changed = self._changed, set()
+            self._notify(changed)
         except StoreError as exc:
             req.loop.call_soon_threadsafe(_resolve, req.fut, None, exc)
         except sqlite3.Error as exc:
@@ -618,6 +812,14 @@ class SqliteStore:
                         raise
                     self._stats.commits += 1
                     self._stats.delivery_commits += 1
+                    self._notify(
+                        (t.account_id, mailbox_id)
+                        for r in live
+                        if r.receipt is not None and r.error is None
+                        for t, (mailbox_id, _uid) in zip(
+                            r.delivery.local, r.receipt.stored, strict=True
+                        )
+                    )
                 except sqlite3.Error as exc:
                     for r in live:
                         r.error = _db_error(exc)
@@ -655,15 +857,23 @@ class SqliteStore:
         for target, flags in zip(d.local, r.flags, strict=True):
             row = conn.execute(
                 "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1,"
-                " message_count = message_count + 1"
+                " message_count = message_count + 1, size_bytes = size_bytes + ?"
                 " WHERE account_id = ? AND name = ? RETURNING id, uidnext - 1, highestmodseq",
-                (target.account_id, _mailbox_name(target.mailbox)),
+                (r.size, target.account_id, _mailbox_name(target.mailbox)),
             ).fetchone()
             if row is None:
                 raise NotFound("no such mailbox")
             mailbox_id, uid, modseq = row
             if uid > _UID_MAX:
                 raise StoreError("mailbox has run out of UIDs")
+            used, limit = conn.execute(
+                "UPDATE accounts SET used_bytes = used_bytes + ? WHERE id = ?"
+                " RETURNING used_bytes, quota_bytes",
+                (r.size, target.account_id),
+            ).fetchone()
+            if target.enforce_quota and limit and used > limit:
+                # The savepoint of this delivery is rolled back: it fails alone.
+                raise OverQuota("mailbox quota exceeded")
             conn.execute(
                 "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags,"
                 " modseq) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -779,19 +989,17 @@ class SqliteStore:
                     (row[0],),
                 )
             ]
-            # Mailboxes, messages and aliases go by ON DELETE CASCADE.
+            for (mailbox_id,) in conn.execute(
+                "SELECT id FROM mailboxes WHERE account_id = ?", (row[0],)
+            ).fetchall():
+                self._changed_mailbox(row[0], mailbox_id)
+            # Mailboxes, messages, tombstones, subscriptions and aliases go by ON DELETE
+            # CASCADE.
             conn.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
             return _drop_unreferenced_blobs(conn, blob_ids)
 
-        gone = await self._write(op)
         # After the commit: a crash before these unlinks only leaves orphan files.
-        if gone:
-
-            def unlink_all() -> None:
-                for b in gone:
-                    self.blobs.remove(b)
-
-            await asyncio.to_thread(unlink_all)
+        await self._unlink_blobs(await self._write(op))
 
     async def set_password_hash(self, address: str, password_hash: str) -> None:
         addr = canonical_address(address)
@@ -987,11 +1195,476 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 raise NotFound("no such message")
-            # Inside the snapshot; only delete_account removes blob files, after its
-            # commit, so a racing read of a just-deleted account fails with StoreError.
+            # Inside the snapshot; blob files are removed only after the commit that
+            # deleted their last row, so a racing read of a just-removed message fails
+            # with StoreError.
             return self.blobs.read(row[0])
 
         return await self._read(q)
+
+    # ---- IMAP / POP3 access -------------------------------------------------------
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        mname = _mailbox_name(name)
+        if mname == "INBOX":
+            raise StoreError("INBOX cannot be deleted")
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            row = conn.execute(
+                "SELECT id, size_bytes FROM mailboxes WHERE account_id = ? AND name = ?",
+                (account_id, mname),
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            mailbox_id, size = row
+            blob_ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?", (mailbox_id,)
+                )
+            ]
+            # Messages and tombstones go by ON DELETE CASCADE; subscriptions stay
+            # (RFC 9051 6.3.9: the server must not remove them on its own).
+            conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+            _add_used(conn, account_id, -size)
+            self._changed_mailbox(account_id, mailbox_id)
+            return _drop_unreferenced_blobs(conn, blob_ids)
+
+        await self._unlink_blobs(await self._write(op))
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        src_name = _mailbox_name(old)
+        dst_name = _mailbox_name(new)
+
+        def op(conn: sqlite3.Connection) -> None:
+            src = conn.execute(
+                f"SELECT {_MAILBOX_COLS}, recent_uid, size_bytes FROM mailboxes"  # noqa: S608 - constant column list
+                " WHERE account_id = ? AND name = ?",
+                (account_id, src_name),
+            ).fetchone()
+            if src is None:
+                raise NotFound("no such mailbox")
+            if _mailbox_exists(conn, account_id, dst_name):
+                raise AlreadyExists(f"mailbox {dst_name} already exists")
+            if src_name == "INBOX":
+                new_id = _rename_inbox(conn, _mailbox(src), src[8], src[9], dst_name)
+                self._changed_mailbox(account_id, src[0])
+                self._changed_mailbox(account_id, new_id)
+                return
+            # The mailbox and every inferior ("old/..."), matched without LIKE so that
+            # no character of a name is a wildcard.
+            prefix = src_name + "/"
+            rows = conn.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id = ?"
+                " AND (name = ? OR substr(name, 1, ?) = ?)",
+                (account_id, src_name, len(prefix), prefix),
+            ).fetchall()
+            moving = {int(r[0]) for r in rows}
+            renames: list[tuple[int, str]] = []
+            for mailbox_id, name in rows:
+                target = dst_name + name[len(src_name) :]
+                if _mailbox_name(target) != target:  # an inferior renamed to "INBOX"
+                    raise AlreadyExists(f"mailbox {target} already exists")
+                hit = conn.execute(
+                    "SELECT id FROM mailboxes WHERE account_id = ? AND name = ?",
+                    (account_id, target),
+                ).fetchone()
+                if hit is not None and int(hit[0]) not in moving:
+                    raise AlreadyExists(f"mailbox {target} already exists")
+                renames.append((mailbox_id, target))
+            # Two steps, so that names swapping among the renamed mailboxes never
+            # collide with UNIQUE (account_id, name); a control character can never be
+            # part of a real name.
+            conn.executemany(
+                "UPDATE mailboxes SET name = ? WHERE id = ?",
+                [(f"\x00{mailbox_id}", mailbox_id) for mailbox_id, _ in renames],
+            )
+            conn.executemany(
+                "UPDATE mailboxes SET name = ? WHERE id = ?",
+                [(target, mailbox_id) for mailbox_id, target in renames],
+            )
+            for mailbox_id, _ in renames:
+                self._changed_mailbox(account_id, mailbox_id)
+
+        await self._write(op)
+
+    async def subscribe(self, account_id: int, name: str) -> None:
+        mname = _mailbox_name(name)
+
+        def op(conn: sqlite3.Connection) -> None:
+            if not conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone():
+                raise NotFound("no such account")
+            count = conn.execute(
+                "SELECT count(*) FROM subscriptions WHERE account_id = ?", (account_id,)
+            ).fetchone()[0]
+            if count >= MAX_SUBSCRIPTIONS:
+                raise StoreError("too many subscriptions")
+            conn.execute(
+                "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)",
+                (account_id, mname),
+            )
+
+        await self._write(op)
+
+    async def unsubscribe(self, account_id: int, name: str) -> None:
+        try:
+            mname = _mailbox_name(name)
+        except StoreError:
+            raise NotFound("not subscribed") from None
+
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account_id, mname)
+            )
+            if cur.rowcount != 1:
+                raise NotFound("not subscribed")
+
+        await self._write(op)
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        def q(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name", (account_id,)
+            )
+            return [r[0] for r in rows]
+
+        return await self._read(q)
+
+    async def mailbox_status(self, account_id: int, name: str) -> MailboxStatus:
+        mname = _mailbox_name(name)
+
+        def q(conn: sqlite3.Connection) -> MailboxStatus:
+            row = conn.execute(
+                f"SELECT {_MAILBOX_COLS}, recent_uid, size_bytes FROM mailboxes"  # noqa: S608 - constant column list
+                " WHERE account_id = ? AND name = ?",
+                (account_id, mname),
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            mb = _mailbox(row)
+            # Each count is one indexed search (partial indexes of migration 0002).
+            unseen, first_unseen = conn.execute(
+                "SELECT count(*), coalesce(min(uid), 0) FROM messages"
+                " WHERE mailbox_id = ? AND seen = 0",
+                (mb.id,),
+            ).fetchone()
+            deleted = conn.execute(
+                "SELECT count(*) FROM messages WHERE mailbox_id = ? AND deleted = 1", (mb.id,)
+            ).fetchone()[0]
+            recent = conn.execute(
+                "SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid > ?", (mb.id, row[8])
+            ).fetchone()[0]
+            return MailboxStatus(
+                mailbox=mb,
+                unseen=unseen,
+                deleted=deleted,
+                size=row[9],
+                recent=recent,
+                first_unseen_uid=first_unseen,
+            )
+
+        return await self._read(q)
+
+    async def mark_recent(self, account_id: int, mailbox_id: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT recent_uid, uidnext FROM mailboxes WHERE id = ? AND account_id = ?",
+                (mailbox_id, account_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            old, uidnext = int(row[0]), int(row[1])
+            if old != uidnext - 1:  # nothing written (no sync) when nothing arrived
+                conn.execute(
+                    "UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (uidnext - 1, mailbox_id)
+                )
+            return old
+
+        return await self._write(op)
+
+    async def list_uids(self, account_id: int, mailbox_id: int) -> list[int]:
+        def q(conn: sqlite3.Connection) -> list[int]:
+            _owned_mailbox(conn, account_id, mailbox_id)
+            rows = conn.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._read(q)
+
+    async def fetch_info(
+        self, account_id: int, mailbox_id: int, uid_ranges: Sequence[tuple[int, int]]
+    ) -> list[MessageInfo]:
+        def q(conn: sqlite3.Connection) -> list[MessageInfo]:
+            _owned_mailbox(conn, account_id, mailbox_id)
+            return _infos(mailbox_id, _messages_in(conn, mailbox_id, _merge_ranges(uid_ranges)))
+
+        return await self._read(q)
+
+    async def read_blob(self, blob_id: str, offset: int = 0, length: int = -1) -> bytes:
+        self._check_open()
+        if offset < 0 or length < -1:
+            raise StoreError("invalid byte range")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._read_pool, self._read_blob_range, blob_id, offset, length
+        )
+
+    def _read_blob_range(self, blob_id: str, offset: int, length: int) -> bytes:
+        try:
+            path = self.blobs.path(blob_id)
+        except StoreError:
+            raise NotFound("no such message") from None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound("no such message") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read message: {exc.strerror}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            want = max(0, size - offset) if length < 0 else min(length, max(0, size - offset))
+            parts: list[bytes] = []
+            pos = offset
+            while want > 0:
+                chunk = os.pread(fd, min(want, 1 << 20), pos)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                pos += len(chunk)
+                want -= len(chunk)
+            return b"".join(parts)
+        except OSError as exc:
+            raise StoreError(f"cannot read message: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
+    async def store_flags(
+        self,
+        account_id: int,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: FlagMode,
+        flags: frozenset[str],
+        unchangedsince: int | None = None,
+    ) -> FlagUpdate:
+        fmode = FlagMode(mode)
+        wanted = _clean_flags(flags)
+
+        def op(conn: sqlite3.Connection) -> FlagUpdate:
+            _owned_mailbox(conn, account_id, mailbox_id)
+            rows = _messages_in(conn, mailbox_id, _uid_ranges(uids))
+            to_change: list[tuple[tuple[Any, ...], str]] = []
+            unchanged: list[MessageInfo] = []
+            modified: list[int] = []
+            for r in rows:
+                if unchangedsince is not None and r[5] > unchangedsince:
+                    modified.append(r[1])  # RFC 7162 3.1.3: refused, reported MODIFIED
+                    continue
+                cur = _flag_keys(r[4])
+                if fmode is FlagMode.ADD:
+                    new = {**wanted, **cur}
+                elif fmode is FlagMode.REMOVE:
+                    new = {k: v for k, v in cur.items() if k not in wanted}
+                else:
+                    new = wanted
+                if new.keys() == cur.keys():
+                    unchanged.append(_info(mailbox_id, r))
+                    continue
+                if len(new) > MAX_FLAGS:
+                    raise StoreError("too many flags on a message")
+                to_change.append((r, " ".join(sorted(new.values()))))
+            changed: list[MessageInfo] = []
+            if to_change:
+                modseq = _bump(conn, mailbox_id)
+                conn.executemany(
+                    "UPDATE messages SET flags = ?, modseq = ? WHERE id = ?",
+                    [(text, modseq, r[0]) for r, text in to_change],
+                )
+                changed = [
+                    dataclasses.replace(
+                        _info(mailbox_id, r), flags=frozenset(text.split()), modseq=modseq
+                    )
+                    for r, text in to_change
+                ]
+                self._changed_mailbox(account_id, mailbox_id)
+            return FlagUpdate(changed=changed, unchanged=unchanged, modified=modified)
+
+        return await self._write(op)
+
+    async def copy_messages(
+        self, account_id: int, mailbox_id: int, uids: Sequence[int], dest: str
+    ) -> CopyResult:
+        dname = _mailbox_name(dest)
+        return await self._write(
+            lambda conn: self._copy(conn, account_id, mailbox_id, uids, dname, move=False)
+        )
+
+    async def move_messages(
+        self, account_id: int, mailbox_id: int, uids: Sequence[int], dest: str
+    ) -> CopyResult:
+        dname = _mailbox_name(dest)
+        return await self._write(
+            lambda conn: self._copy(conn, account_id, mailbox_id, uids, dname, move=True)
+        )
+
+    def _copy(
+        self,
+        conn: sqlite3.Connection,
+        account_id: int,
+        mailbox_id: int,
+        uids: Sequence[int],
+        dname: str,
+        *,
+        move: bool,
+    ) -> CopyResult:
+        """COPY / MOVE on the writer thread: one transaction, blobs shared."""
+        _owned_mailbox(conn, account_id, mailbox_id)
+        row = conn.execute(
+            f"SELECT {_MAILBOX_COLS} FROM mailboxes"  # noqa: S608 - constant column list
+            " WHERE account_id = ? AND name = ?",
+            (account_id, dname),
+        ).fetchone()
+        if row is None:
+            raise NotFound("no such mailbox")
+        dst = _mailbox(row)
+        rows = _messages_in(conn, mailbox_id, _uid_ranges(uids))
+        if not rows:
+            return CopyResult(uidvalidity=dst.uidvalidity, pairs=[])
+        total = sum(r[2] for r in rows)
+        if not move:
+            used, limit = conn.execute(
+                "SELECT used_bytes, quota_bytes FROM accounts WHERE id = ?", (account_id,)
+            ).fetchone()
+            if limit and used + total > limit:
+                raise OverQuota("mailbox quota exceeded")
+            _add_used(conn, account_id, total)
+        first = dst.uidnext
+        if first + len(rows) - 1 > _UID_MAX:
+            raise StoreError("mailbox has run out of UIDs")
+        dst_modseq = _bump(conn, dst.id, count=len(rows), size=total, uids=len(rows))
+        pairs = [(r[1], first + i) for i, r in enumerate(rows)]
+        conn.executemany(
+            "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags,"
+            " modseq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(dst.id, first + i, r[6], r[2], r[3], r[4], dst_modseq) for i, r in enumerate(rows)],
+        )
+        self._changed_mailbox(account_id, dst.id)
+        src_modseq = 0
+        if move:
+            # RFC 6851: the sources go in the same transaction, with tombstones.
+            src_modseq = _bump(
+                conn, mailbox_id, count=-len(rows), size=-total, modseq=int(dst.id != mailbox_id)
+            )
+            _remove_messages(conn, mailbox_id, rows, src_modseq)
+            self._changed_mailbox(account_id, mailbox_id)
+        return CopyResult(uidvalidity=dst.uidvalidity, pairs=pairs, expunge_modseq=src_modseq)
+
+    async def expunge(
+        self,
+        account_id: int,
+        mailbox_id: int,
+        uids: Sequence[int] | None = None,
+        *,
+        only_deleted: bool = True,
+    ) -> list[int]:
+        if uids is None and not only_deleted:
+            raise StoreError("expunge without only_deleted needs the uids")
+
+        def op(conn: sqlite3.Connection) -> tuple[list[int], list[str]]:
+            _owned_mailbox(conn, account_id, mailbox_id)
+            if uids is None:
+                rows = conn.execute(
+                    f"SELECT {_MSG_COLS} FROM messages"  # noqa: S608 - constant column list
+                    " WHERE mailbox_id = ? AND deleted = 1 ORDER BY uid",
+                    (mailbox_id,),
+                ).fetchall()
+            else:
+                rows = _messages_in(conn, mailbox_id, _uid_ranges(uids))
+                if only_deleted:
+                    rows = [r for r in rows if "\\Deleted" in r[4].split()]
+            if not rows:
+                return [], []
+            total = sum(r[2] for r in rows)
+            modseq = _bump(conn, mailbox_id, count=-len(rows), size=-total)
+            _remove_messages(conn, mailbox_id, rows, modseq)
+            _add_used(conn, account_id, -total)
+            self._changed_mailbox(account_id, mailbox_id)
+            gone = _drop_unreferenced_blobs(conn, sorted({r[6] for r in rows}))
+            return [r[1] for r in rows], gone
+
+        removed, gone = await self._write(op)
+        await self._unlink_blobs(gone)
+        return removed
+
+    async def changes_since(self, account_id: int, mailbox_id: int, since: int) -> MailboxChanges:
+        def q(conn: sqlite3.Connection) -> MailboxChanges:
+            mb = _owned_mailbox(conn, account_id, mailbox_id)
+            # Found by the modseq index, sorted here: cheaper than SQLite's temporary
+            # b-tree when much changed (a first sync), and nothing when little did.
+            rows = conn.execute(
+                f"SELECT {_MSG_COLS} FROM messages"  # noqa: S608 - constant column list
+                " WHERE mailbox_id = ? AND modseq > ?",
+                (mailbox_id, since),
+            ).fetchall()
+            rows.sort(key=_by_uid)
+            gone = sorted(
+                r[0]
+                for r in conn.execute(
+                    "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ?",
+                    (mailbox_id, since),
+                )
+            )
+            return MailboxChanges(
+                highestmodseq=mb.highestmodseq,
+                uidnext=mb.uidnext,
+                changed=_infos(mailbox_id, rows),
+                expunged=gone,
+            )
+
+        return await self._read(q)
+
+    async def get_quota(self, account_id: int) -> Quota:
+        def q(conn: sqlite3.Connection) -> Quota:
+            row = conn.execute(
+                "SELECT used_bytes, quota_bytes FROM accounts WHERE id = ?", (account_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such account")
+            return Quota(used=row[0], limit=row[1])
+
+        return await self._read(q)
+
+    async def set_quota(self, address: str, limit: int) -> None:
+        addr = canonical_address(address)
+        if not 0 <= limit <= _MAX_QUOTA:
+            raise StoreError("invalid quota")
+
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE accounts SET quota_bytes = ? WHERE address = ?", (int(limit), addr)
+            )
+            if cur.rowcount != 1:
+                raise NotFound(f"no account {addr}")
+
+        await self._write(op)
+
+    def watch(self, account_id: int, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Must be called from the event loop the callback is to run on."""
+        loop = asyncio.get_running_loop()
+        token = next(self._watch_tokens)
+        with self._watch_lock:
+            self._watchers.setdefault(account_id, {})[token] = (loop, callback)
+
+        def unwatch() -> None:
+            with self._watch_lock:
+                mine = self._watchers.get(account_id)
+                if mine is not None:
+                    mine.pop(token, None)
+                    if not mine:
+                        del self._watchers[account_id]
+
+        return unwatch
 
     # ---- queue ------------------------------------------------------------------
 
@@ -1058,6 +1731,128 @@ def _mailbox_id(conn: sqlite3.Connection, account_id: int, name: str) -> int:
     if row is None:
         raise NotFound("no such mailbox")
     return int(row[0])
+
+
+def _mailbox_exists(conn: sqlite3.Connection, account_id: int, name: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, name)
+        ).fetchone()
+        is not None
+    )
+
+
+def _owned_mailbox(conn: sqlite3.Connection, account_id: int, mailbox_id: int) -> Mailbox:
+    """The mailbox `mailbox_id` if it belongs to `account_id`; NotFound otherwise, the
+    same answer as for a mailbox that does not exist (DESIGN.md 3, walled off)."""
+    row = conn.execute(
+        f"SELECT {_MAILBOX_COLS} FROM mailboxes"  # noqa: S608 - constant column list
+        " WHERE id = ? AND account_id = ?",
+        (mailbox_id, account_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound("no such mailbox")
+    return _mailbox(row)
+
+
+def _messages_in(
+    conn: sqlite3.Connection, mailbox_id: int, ranges: Sequence[tuple[int, int]]
+) -> list[tuple[Any, ...]]:
+    """Rows (_MSG_COLS) of the messages whose uid lies in one of `ranges` (sorted,
+    merged: see _merge_ranges), ascending by uid. Few ranges: one indexed query each.
+    Many: the uids themselves in bounded IN lists when the ranges cover little of their
+    span, else one query over the span filtered here (so 1:* on a large mailbox or a
+    long list of uids costs a handful of statements, never one per uid)."""
+    if not ranges:
+        return []
+    by_range = (
+        f"SELECT {_MSG_COLS} FROM messages"  # noqa: S608 - constant column list
+        " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid"
+    )
+    if len(ranges) <= _FEW_RANGES:
+        out: list[tuple[Any, ...]] = []
+        for lo, hi in ranges:
+            out += conn.execute(by_range, (mailbox_id, lo, hi)).fetchall()
+        return out
+    covered = sum(hi - lo + 1 for lo, hi in ranges)
+    span = ranges[-1][1] - ranges[0][0] + 1
+    if covered * 4 < span and covered <= 100 * _SQL_CHUNK:
+        uids = [u for lo, hi in ranges for u in range(lo, hi + 1)]
+        out = []
+        for i in range(0, len(uids), _SQL_CHUNK):
+            chunk = uids[i : i + _SQL_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            out += conn.execute(
+                f"SELECT {_MSG_COLS} FROM messages"  # noqa: S608 - only "?" marks
+                f" WHERE mailbox_id = ? AND uid IN ({marks}) ORDER BY uid",
+                [mailbox_id, *chunk],
+            ).fetchall()
+        return out  # chunks are ascending and disjoint
+    los = [lo for lo, _ in ranges]
+    rows = conn.execute(by_range, (mailbox_id, ranges[0][0], ranges[-1][1])).fetchall()
+    return [r for r in rows if r[1] <= ranges[bisect.bisect_right(los, r[1]) - 1][1]]
+
+
+def _bump(
+    conn: sqlite3.Connection,
+    mailbox_id: int,
+    *,
+    count: int = 0,
+    size: int = 0,
+    uids: int = 0,
+    modseq: int = 1,
+) -> int:
+    """Take a new modseq for the mailbox (RFC 7162: one per operation) and move its
+    counters; returns the new highestmodseq."""
+    row = conn.execute(
+        "UPDATE mailboxes SET highestmodseq = highestmodseq + ?,"
+        " message_count = message_count + ?, size_bytes = size_bytes + ?,"
+        " uidnext = uidnext + ? WHERE id = ? RETURNING highestmodseq",
+        (modseq, count, size, uids, mailbox_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def _add_used(conn: sqlite3.Connection, account_id: int, delta: int) -> None:
+    if delta:
+        conn.execute(
+            "UPDATE accounts SET used_bytes = used_bytes + ? WHERE id = ?", (delta, account_id)
+        )
+
+
+def _remove_messages(
+    conn: sqlite3.Connection, mailbox_id: int, rows: Sequence[tuple[Any, ...]], modseq: int
+) -> None:
+    """Delete message rows (_MSG_COLS) and leave their tombstones (QRESYNC VANISHED).
+    The caller moves the mailbox and account counters."""
+    conn.executemany("DELETE FROM messages WHERE id = ?", [(r[0],) for r in rows])
+    conn.executemany(
+        "INSERT INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+        [(mailbox_id, r[1], modseq) for r in rows],
+    )
+
+
+def _rename_inbox(
+    conn: sqlite3.Connection, inbox: Mailbox, recent_uid: int, size: int, new_name: str
+) -> int:
+    """RFC 9051 6.3.6: renaming INBOX moves its messages into a new mailbox (fresh
+    UIDVALIDITY, the messages keep their uids) and leaves INBOX empty, with tombstones
+    for what left; INBOX's inferiors stay. Returns the new mailbox's id."""
+    new = _insert_mailbox(conn, inbox.account_id, new_name, SpecialUse.NONE)
+    if inbox.message_count:
+        modseq = _bump(conn, inbox.id, count=-inbox.message_count, size=-size)
+        conn.execute(
+            "INSERT INTO expunged (mailbox_id, uid, modseq)"
+            " SELECT mailbox_id, uid, ? FROM messages WHERE mailbox_id = ?",
+            (modseq, inbox.id),
+        )
+        conn.execute("UPDATE messages SET mailbox_id = ? WHERE mailbox_id = ?", (new.id, inbox.id))
+        conn.execute(
+            "UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, message_count = ?,"
+            " size_bytes = ?, recent_uid = ? WHERE id = ?",
+            (inbox.uidnext, modseq, inbox.message_count, size, recent_uid, new.id),
+        )
+    return new.id
 
 
 def _insert_mailbox(

@@ -29,10 +29,15 @@ from mailward.store.api import (
     AlreadyExists,
     Delivery,
     DeliveryReceipt,
+    FlagMode,
     LocalTarget,
+    Mailbox,
     MailStore,
+    MessageInfo,
     NotFound,
+    OverQuota,
     QueueState,
+    Quota,
     SpecialUse,
     StoreError,
 )
@@ -472,3 +477,602 @@ async def check_reads_walled_off(store: MailStore) -> None:
     await _raises(NotFound, store.read_message(alice.id, "INBOX", 99))
     assert await store.list_messages(bob.id, "INBOX") == []
     await _raises(NotFound, store.read_message(bob.id, "INBOX", 1))
+
+
+# ---- IMAP / POP3 access ---------------------------------------------------------------
+
+UID_MAX = 0xFFFFFFFF
+
+
+async def _box(store: MailStore, account_id: int, name: str = "INBOX") -> Mailbox:
+    mb = await store.get_mailbox(account_id, name)
+    assert mb is not None, name
+    return mb
+
+
+async def _fill(
+    store: MailStore,
+    account_id: int,
+    payloads: Sequence[bytes],
+    mailbox: str = "INBOX",
+    flags: Sequence[frozenset[str]] = (),
+) -> list[int]:
+    """Deliver one after another (so uids follow `payloads`); returns the uids."""
+    uids = []
+    for i, data in enumerate(payloads):
+        fl = flags[i] if i < len(flags) else frozenset()
+        r = await deliver_bytes(store, data, [LocalTarget(account_id, mailbox, fl)])
+        uids.append(r.stored[0][1])
+    return uids
+
+
+async def _eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for `cond` (a change notification may arrive after the call returned)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "timed out waiting for a notification"
+        await asyncio.sleep(0.005)
+
+
+def _uids(infos: Sequence[MessageInfo]) -> list[int]:
+    return [m.uid for m in infos]
+
+
+@_check
+async def check_subscriptions(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    assert await store.list_subscriptions(alice.id) == []
+    await store.subscribe(alice.id, "Sent")
+    await store.subscribe(alice.id, "Sent")  # idempotent
+    await store.subscribe(alice.id, "Not/There/Yet")  # need not exist (RFC 9051 6.3.7)
+    await store.subscribe(alice.id, "inbox")
+    assert sorted(await store.list_subscriptions(alice.id)) == ["INBOX", "Not/There/Yet", "Sent"]
+    assert await store.list_subscriptions(bob.id) == [], "walled off"
+    await _raises(NotFound, store.unsubscribe(bob.id, "Sent"))
+    await store.unsubscribe(alice.id, "Sent")
+    await _raises(NotFound, store.unsubscribe(alice.id, "Sent"))
+    await store.unsubscribe(alice.id, "INBOX")
+    assert await store.list_subscriptions(alice.id) == ["Not/There/Yet"]
+    await _raises(NotFound, store.subscribe(alice.id + bob.id + 1000, "INBOX"))
+    await _raises(StoreError, store.subscribe(alice.id, "bad\r\nname"))
+
+
+@_check
+async def check_delete_mailbox(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    work = await store.create_mailbox(alice.id, "Work")
+    await store.create_mailbox(alice.id, "Work/2024")
+    await store.create_mailbox(bob.id, "Work")
+    only = await deliver_bytes(store, b"work only\r\n", [LocalTarget(alice.id, "Work")])
+    shared = await deliver_bytes(
+        store, b"shared!\r\n", [LocalTarget(alice.id, "Work"), LocalTarget(alice.id)]
+    )
+    await store.subscribe(alice.id, "Work")
+    used = (await store.get_quota(alice.id)).used
+    assert used == len(b"work only\r\n") + 2 * len(b"shared!\r\n")
+    await _raises(StoreError, store.delete_mailbox(alice.id, "inbox"))
+    await _raises(StoreError, store.delete_mailbox(alice.id, "INBOX"))
+    assert await store.get_mailbox(alice.id, "INBOX") is not None
+    await store.delete_mailbox(alice.id, "Work")
+    assert await store.get_mailbox(alice.id, "Work") is None
+    assert await store.get_mailbox(alice.id, "Work/2024") is not None, "inferiors stay"
+    assert await store.get_mailbox(bob.id, "Work") is not None, "bob's Work is his own"
+    assert await store.list_subscriptions(alice.id) == ["Work"], "subscriptions stay"
+    assert (await store.get_quota(alice.id)).used == len(b"shared!\r\n")
+    await _raises(NotFound, store.read_blob(only.blob_id))
+    assert await store.read_blob(shared.blob_id) == b"shared!\r\n", "still in INBOX"
+    assert [m.blob_id for m in await store.list_messages(alice.id, "INBOX")] == [shared.blob_id]
+    await _raises(NotFound, store.delete_mailbox(alice.id, "Work"))
+    await _raises(NotFound, store.list_uids(alice.id, work.id))
+    again = await store.create_mailbox(alice.id, "Work")
+    assert again.uidvalidity != work.uidvalidity and again.message_count == 0
+    await _raises(NotFound, store.delete_mailbox(bob.id, "Work/2024"))
+
+
+@_check
+async def check_rename_mailbox(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    for name in ("a", "a/x", "a/x/y", "ab", "d/x"):
+        await store.create_mailbox(alice.id, name)
+    a0, ax0 = await _box(store, alice.id, "a"), await _box(store, alice.id, "a/x")
+    (uid,) = await _fill(store, alice.id, [b"in a/x\r\n"], "a/x", [frozenset({"\\Seen"})])
+    await store.subscribe(alice.id, "a")
+    await store.rename_mailbox(alice.id, "a", "c")
+    names = {b.name for b in await store.list_mailboxes(alice.id)}
+    assert {"c", "c/x", "c/x/y", "ab", "d/x"} <= names
+    assert not {"a", "a/x", "a/x/y"} & names
+    c, cx = await _box(store, alice.id, "c"), await _box(store, alice.id, "c/x")
+    assert (c.id, c.uidvalidity) == (a0.id, a0.uidvalidity), "UIDVALIDITY kept"
+    assert (cx.id, cx.uidvalidity, cx.message_count) == (ax0.id, ax0.uidvalidity, 1)
+    (m,) = await store.list_messages(alice.id, "c/x")
+    assert m.uid == uid and m.flags == frozenset({"\\Seen"})
+    assert await store.read_message(alice.id, "c/x", uid) == b"in a/x\r\n"
+    assert await store.list_subscriptions(alice.id) == ["a"], "subscriptions not renamed"
+    # Conflicts: the new name, or a renamed inferior's, exists; nothing changes then.
+    await _raises(AlreadyExists, store.rename_mailbox(alice.id, "ab", "c"))
+    await _raises(AlreadyExists, store.rename_mailbox(alice.id, "ab", "inbox"))
+    await _raises(AlreadyExists, store.rename_mailbox(alice.id, "c", "d"))  # c/x -> d/x
+    assert await store.get_mailbox(alice.id, "c/x") is not None
+    assert await store.get_mailbox(alice.id, "d") is None
+    await _raises(NotFound, store.rename_mailbox(alice.id, "nope", "x"))
+    await _raises(NotFound, store.rename_mailbox(bob.id, "c", "x"))  # walled off
+    assert await store.get_mailbox(bob.id, "x") is None
+    # Under itself: every inferior follows.
+    await store.rename_mailbox(alice.id, "c", "c/sub")
+    names = {b.name for b in await store.list_mailboxes(alice.id)}
+    assert {"c/sub", "c/sub/x", "c/sub/x/y"} <= names and "c" not in names
+    # Roles stay with their mailbox.
+    await store.rename_mailbox(alice.id, "Sent", "Sent Items")
+    sent = await _box(store, alice.id, "Sent Items")
+    assert sent.special_use is SpecialUse.SENT
+    assert await store.get_mailbox(alice.id, "Sent") is None
+
+
+@_check
+async def check_rename_inbox(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    payloads = [sample_message(n) for n in range(3)]
+    uids = await _fill(store, alice.id, payloads)
+    await store.create_mailbox(alice.id, "INBOX/child")
+    inbox0 = await _box(store, alice.id)
+    used = (await store.get_quota(alice.id)).used
+    await store.rename_mailbox(alice.id, "inbox", "Old mail")
+    inbox = await _box(store, alice.id)
+    assert (inbox.id, inbox.uidvalidity) == (inbox0.id, inbox0.uidvalidity)
+    assert inbox.message_count == 0 and await store.list_uids(alice.id, inbox.id) == []
+    assert inbox.highestmodseq > inbox0.highestmodseq
+    old = await _box(store, alice.id, "Old mail")
+    assert old.message_count == 3 and old.id != inbox.id
+    got = [
+        await store.read_message(alice.id, "Old mail", m.uid)
+        for m in await store.list_messages(alice.id, "Old mail")
+    ]
+    assert got == payloads
+    assert await store.get_mailbox(alice.id, "INBOX/child") is not None, "inferiors stay"
+    assert await store.get_mailbox(alice.id, "Old mail/child") is None
+    changes = await store.changes_since(alice.id, inbox.id, inbox0.highestmodseq)
+    assert list(changes.expunged) == uids and list(changes.changed) == []
+    assert (await store.get_quota(alice.id)).used == used
+    # New mail keeps flowing into INBOX, with uids never used there before.
+    r = await deliver_bytes(store, b"new\r\n", [LocalTarget(alice.id)])
+    assert r.stored[0] == (inbox.id, uids[-1] + 1)
+    await _raises(AlreadyExists, store.rename_mailbox(alice.id, "INBOX", "Old mail"))
+
+
+@_check
+async def check_mailbox_status(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    seen, deleted = frozenset({"\\Seen"}), frozenset({"\\Deleted", "\\Seen"})
+    payloads = [b"1" * 10, b"2" * 20, b"3" * 30, b"4" * 40, b"5" * 50]
+    uids = await _fill(store, alice.id, payloads, flags=[seen, frozenset(), deleted])
+    st = await store.mailbox_status(alice.id, "inbox")
+    assert st.mailbox == await _box(store, alice.id)
+    assert (st.unseen, st.deleted, st.size, st.recent) == (3, 1, 150, 5)
+    assert st.first_unseen_uid == uids[1]
+    inbox = st.mailbox
+    await store.mark_recent(alice.id, inbox.id)
+    await store.store_flags(alice.id, inbox.id, uids, FlagMode.ADD, frozenset({"\\Seen"}))
+    st = await store.mailbox_status(alice.id, "INBOX")
+    assert (st.unseen, st.first_unseen_uid, st.recent, st.deleted) == (0, 0, 0, 1)
+    empty = await store.mailbox_status(alice.id, "Sent")
+    assert (empty.unseen, empty.deleted, empty.size, empty.recent) == (0, 0, 0, 0)
+    assert empty.first_unseen_uid == 0
+    await _raises(NotFound, store.mailbox_status(alice.id, "Nope"))
+    other = await store.mailbox_status(bob.id, "INBOX")
+    assert other.mailbox.account_id == bob.id and other.size == 0, "walled off"
+
+
+@_check
+async def check_mark_recent(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    await _fill(store, alice.id, [b"a", b"b", b"c"])
+    inbox = await _box(store, alice.id)
+    assert await store.mark_recent(alice.id, inbox.id) == 0
+    assert await store.mark_recent(alice.id, inbox.id) == 3, "claimed once"
+    assert (await store.mailbox_status(alice.id, "INBOX")).recent == 0
+    await _fill(store, alice.id, [b"d", b"e"])
+    assert (await store.mailbox_status(alice.id, "INBOX")).recent == 2
+    assert await store.mark_recent(alice.id, inbox.id) == 3
+    assert (await store.mailbox_status(alice.id, "INBOX")).recent == 0
+    await _raises(NotFound, store.mark_recent(bob.id, inbox.id))
+    await _raises(NotFound, store.mark_recent(alice.id, inbox.id + 10_000))
+
+
+@_check
+async def check_list_uids_and_fetch_info(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    uids = await _fill(store, alice.id, [sample_message(n) for n in range(10)])
+    assert uids == list(range(1, 11))
+    inbox = await _box(store, alice.id)
+    assert await store.expunge(alice.id, inbox.id, [3, 4], only_deleted=False) == [3, 4]
+    left = [1, 2, 5, 6, 7, 8, 9, 10]
+    assert await store.list_uids(alice.id, inbox.id) == left
+    by_uid = {m.uid: m for m in await store.list_messages(alice.id, "INBOX")}
+
+    async def fetch(*ranges: tuple[int, int]) -> list[int]:
+        infos = await store.fetch_info(alice.id, inbox.id, list(ranges))
+        for m in infos:
+            assert m == by_uid[m.uid]
+        return _uids(infos)
+
+    assert await fetch((1, 1)) == [1]
+    assert await fetch((2, 6)) == [2, 5, 6]
+    assert await fetch((9, UID_MAX)) == [9, 10], "n:*"
+    assert await fetch((1, UID_MAX)) == left, "1:*"
+    assert await fetch((1, 2), (2, 5), (8, 8)) == [1, 2, 5, 8], "no duplicates"
+    assert await fetch((8, 8), (1, 1)) == [1, 8], "by uid, whatever the range order"
+    assert await fetch((3, 4)) == []
+    assert await fetch((11, 20)) == []
+    assert await fetch() == []
+    odd = [(u, u) for u in range(1, 2000, 2)]
+    assert await fetch(*odd) == [1, 5, 7, 9]
+    assert await fetch(*[(u, u + 1) for u in range(1, 3000, 3)]) == [1, 2, 5, 7, 8, 10]
+
+
+@_check
+async def check_read_blob(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    data = sample_message(1, 70_000)
+    r = await deliver_bytes(store, data, [LocalTarget(alice.id)])
+    assert await store.read_blob(r.blob_id) == data
+    assert await store.read_blob(r.blob_id, 10, 100) == data[10:110]
+    assert await store.read_blob(r.blob_id, len(data) - 5) == data[-5:]
+    assert await store.read_blob(r.blob_id, len(data) - 5, 100) == data[-5:]
+    assert await store.read_blob(r.blob_id, len(data) + 10) == b""
+    assert await store.read_blob(r.blob_id, 0, 0) == b""
+    chunks = [await store.read_blob(r.blob_id, o, 16384) for o in range(0, len(data), 16384)]
+    assert b"".join(chunks) == data
+    (info,) = await store.list_messages(alice.id, "INBOX")
+    assert await store.read_blob(info.blob_id) == data
+    for bad in ("0" * 32, "", "../../mailward.db", r.blob_id.upper(), r.blob_id + "0"):
+        await _raises(NotFound, store.read_blob(bad))
+
+
+@_check
+async def check_store_flags(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    await _fill(store, alice.id, [sample_message(n) for n in range(4)])
+    inbox = await _box(store, alice.id)
+    h0 = inbox.highestmodseq
+    work = frozenset({"\\Seen", "$Work"})
+
+    up = await store.store_flags(alice.id, inbox.id, [2, 1], FlagMode.ADD, work)
+    assert _uids(up.changed) == [1, 2]
+    assert all(m.flags == work and m.modseq == h0 + 1 for m in up.changed)
+    assert list(up.unchanged) == [] and list(up.modified) == []
+    assert (await _box(store, alice.id)).highestmodseq == h0 + 1, "one modseq per STORE"
+    by_uid = {m.uid: m for m in await store.list_messages(alice.id, "INBOX")}
+    assert by_uid[1] == up.changed[0] and by_uid[2] == up.changed[1]
+    assert by_uid[3].flags == frozenset()
+
+    # A STORE that changes nothing takes no modseq; flags are case-insensitive.
+    up = await store.store_flags(alice.id, inbox.id, [1, 2], FlagMode.ADD, frozenset({"\\SEEN"}))
+    assert list(up.changed) == [] and _uids(up.unchanged) == [1, 2]
+    assert up.unchanged[0] == by_uid[1]
+    assert (await _box(store, alice.id)).highestmodseq == h0 + 1
+
+    up = await store.store_flags(
+        alice.id, inbox.id, [1, 2, 3], FlagMode.REMOVE, frozenset({"$work"})
+    )
+    assert _uids(up.changed) == [1, 2] and _uids(up.unchanged) == [3]
+    assert all(m.flags == frozenset({"\\Seen"}) and m.modseq == h0 + 2 for m in up.changed)
+
+    # \Recent is never stored; system flags keep their canonical spelling.
+    up = await store.store_flags(
+        alice.id, inbox.id, [3], FlagMode.REPLACE, frozenset({"\\flagged", "\\Recent"})
+    )
+    assert [m.flags for m in up.changed] == [frozenset({"\\Flagged"})]
+    up = await store.store_flags(alice.id, inbox.id, [4], FlagMode.ADD, frozenset({"\\Recent"}))
+    assert list(up.changed) == [] and _uids(up.unchanged) == [4]
+    up = await store.store_flags(alice.id, inbox.id, [3], FlagMode.REPLACE, frozenset())
+    assert [m.flags for m in up.changed] == [frozenset()]
+    h = (await _box(store, alice.id)).highestmodseq
+    assert h == h0 + 4
+
+    # Uids that do not exist are ignored.
+    up = await store.store_flags(alice.id, inbox.id, [99, 100], FlagMode.ADD, work)
+    assert (list(up.changed), list(up.unchanged), list(up.modified)) == ([], [], [])
+
+    # UNCHANGEDSINCE (RFC 7162 3.1.3): 1 and 2 last changed at h0 + 2, 3 at h0 + 4.
+    up = await store.store_flags(
+        alice.id, inbox.id, [1, 3, 4], FlagMode.ADD, frozenset({"$X"}), unchangedsince=h0 + 2
+    )
+    assert _uids(up.changed) == [1, 4] and list(up.modified) == [3]
+    assert all(m.modseq == h + 1 for m in up.changed)
+    (three,) = await store.fetch_info(alice.id, inbox.id, [(3, 3)])
+    assert three.flags == frozenset() and three.modseq == h0 + 4
+    up = await store.store_flags(
+        alice.id, inbox.id, [1, 2], FlagMode.ADD, frozenset({"$Y"}), unchangedsince=0
+    )
+    assert list(up.modified) == [1, 2] and list(up.changed) == []
+    # Unchanged flags but a newer modseq is still MODIFIED.
+    up = await store.store_flags(
+        alice.id, inbox.id, [1], FlagMode.ADD, frozenset({"$X"}), unchangedsince=h0
+    )
+    assert list(up.modified) == [1] and list(up.unchanged) == []
+
+    await _raises(
+        StoreError, store.store_flags(alice.id, inbox.id, [1], FlagMode.ADD, frozenset({"a b"}))
+    )
+    await _raises(NotFound, store.store_flags(bob.id, inbox.id, [1], FlagMode.ADD, work))
+    (one,) = await store.fetch_info(alice.id, inbox.id, [(1, 1)])
+    assert one.flags == frozenset({"\\Seen", "$X"})
+
+
+@_check
+async def check_copy_messages(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    await store.create_mailbox(alice.id, "Work")
+    await store.create_mailbox(bob.id, "BobOnly")
+    await _fill(store, alice.id, [b"already there"], "Work")
+    payloads = [sample_message(n, 100 * n) for n in range(1, 4)]
+    for n, data in enumerate(payloads):
+        await deliver_bytes(
+            store,
+            data,
+            [LocalTarget(alice.id, flags=frozenset({"\\Seen"}) if n == 0 else frozenset())],
+            internal_date=1_600_000_000.0 + n,
+        )
+    inbox0, work0 = await _box(store, alice.id), await _box(store, alice.id, "Work")
+    used0 = (await store.get_quota(alice.id)).used
+    res = await store.copy_messages(alice.id, inbox0.id, [3, 1, 99], "Work")
+    assert res.uidvalidity == work0.uidvalidity
+    assert list(res.pairs) == [(1, 2), (3, 3)] and res.expunge_modseq == 0
+    work = await _box(store, alice.id, "Work")
+    assert (work.uidnext, work.message_count) == (4, 3)
+    assert work.highestmodseq == work0.highestmodseq + 1
+    src = {m.uid: m for m in await store.list_messages(alice.id, "INBOX")}
+    dst = {m.uid: m for m in await store.list_messages(alice.id, "Work")}
+    for s_uid, d_uid in res.pairs:
+        s, d = src[s_uid], dst[d_uid]
+        assert (d.flags, d.internal_date, d.size, d.blob_id) == (
+            s.flags,
+            s.internal_date,
+            s.size,
+            s.blob_id,
+        ), "flags and date kept, blob shared"
+        assert d.modseq == work.highestmodseq and d.mailbox_id == work.id
+        assert await store.read_message(alice.id, "Work", d_uid) == payloads[s_uid - 1]
+    assert await _box(store, alice.id) == inbox0, "the source is untouched"
+    assert (await store.get_quota(alice.id)).used == used0 + src[1].size + src[3].size
+    # Into the same mailbox: new uids.
+    res = await store.copy_messages(alice.id, inbox0.id, [2], "inbox")
+    assert list(res.pairs) == [(2, 4)] and res.uidvalidity == inbox0.uidvalidity
+    # Nothing to copy: nothing changes.
+    res = await store.copy_messages(alice.id, inbox0.id, [99], "Work")
+    assert list(res.pairs) == [] and await _box(store, alice.id, "Work") == work
+    # The copy survives the expunge of its original (shared blob).
+    await store.expunge(alice.id, inbox0.id, [1, 2, 3, 4], only_deleted=False)
+    assert await store.read_message(alice.id, "Work", 2) == payloads[0]
+    await _raises(NotFound, store.copy_messages(alice.id, inbox0.id, [1], "Nope"))
+    await _raises(NotFound, store.copy_messages(alice.id, inbox0.id, [1], "BobOnly"))
+    await _raises(NotFound, store.copy_messages(bob.id, work.id, [2], "BobOnly"))
+    assert await store.list_messages(bob.id, "BobOnly") == []
+
+
+@_check
+async def check_move_messages(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    flags = [frozenset({"\\Flagged"}), frozenset(), frozenset({"$Later"})]
+    payloads = [sample_message(n) for n in range(3)]
+    await _fill(store, alice.id, payloads, flags=flags)
+    inbox0, arch0 = await _box(store, alice.id), await _box(store, alice.id, "Archive")
+    used0 = (await store.get_quota(alice.id)).used
+    await _raises(NotFound, store.move_messages(bob.id, inbox0.id, [1], "Archive"))
+    res = await store.move_messages(alice.id, inbox0.id, [1, 3], "Archive")
+    assert list(res.pairs) == [(1, 1), (3, 2)] and res.uidvalidity == arch0.uidvalidity
+    inbox = await _box(store, alice.id)
+    assert res.expunge_modseq == inbox.highestmodseq == inbox0.highestmodseq + 1
+    assert inbox.message_count == 1 and await store.list_uids(alice.id, inbox.id) == [2]
+    ch = await store.changes_since(alice.id, inbox.id, inbox0.highestmodseq)
+    assert list(ch.expunged) == [1, 3] and list(ch.changed) == []
+    arch = await _box(store, alice.id, "Archive")
+    assert arch.message_count == 2 and arch.highestmodseq == arch0.highestmodseq + 1
+    moved = await store.list_messages(alice.id, "Archive")
+    assert [m.flags for m in moved] == [flags[0], flags[2]]
+    assert [await store.read_message(alice.id, "Archive", m.uid) for m in moved] == [
+        payloads[0],
+        payloads[2],
+    ]
+    assert (await store.get_quota(alice.id)).used == used0, "a move uses no space"
+    res = await store.move_messages(alice.id, inbox.id, [1, 3], "Archive")
+    assert list(res.pairs) == [] and await _box(store, alice.id) == inbox
+    await _raises(NotFound, store.move_messages(alice.id, inbox.id, [2], "Nope"))
+    assert await store.list_uids(alice.id, inbox.id) == [2]
+
+
+@_check
+async def check_expunge(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    dele = frozenset({"\\Deleted"})
+    payloads = [sample_message(n, 50 * n) for n in range(1, 6)]
+    await _fill(store, alice.id, payloads, flags=[frozenset(), dele, dele, frozenset(), dele])
+    inbox0 = await _box(store, alice.id)
+    used0 = (await store.get_quota(alice.id)).used
+    await _raises(NotFound, store.expunge(bob.id, inbox0.id))
+    assert await store.expunge(alice.id, inbox0.id, [4, 3]) == [3], "only \\Deleted ones"
+    assert await store.expunge(alice.id, inbox0.id) == [2, 5]
+    inbox = await _box(store, alice.id)
+    assert inbox.highestmodseq == inbox0.highestmodseq + 2 and inbox.message_count == 2
+    assert await store.expunge(alice.id, inbox0.id) == []
+    assert (await _box(store, alice.id)).highestmodseq == inbox.highestmodseq
+    assert await store.list_uids(alice.id, inbox.id) == [1, 4]
+    ch = await store.changes_since(alice.id, inbox.id, inbox0.highestmodseq)
+    assert list(ch.expunged) == [2, 3, 5] and list(ch.changed) == []
+    ch = await store.changes_since(alice.id, inbox.id, inbox0.highestmodseq + 1)
+    assert list(ch.expunged) == [2, 5]
+    freed = sum(len(payloads[u - 1]) for u in (2, 3, 5))
+    assert (await store.get_quota(alice.id)).used == used0 - freed
+    # POP3: exactly the listed uids, flagged or not.
+    (one,) = await store.fetch_info(alice.id, inbox.id, [(1, 1)])
+    assert await store.expunge(alice.id, inbox.id, [1, 99], only_deleted=False) == [1]
+    await _raises(NotFound, store.read_blob(one.blob_id))
+    await _raises(NotFound, store.read_message(alice.id, "INBOX", 1))
+    assert await store.read_message(alice.id, "INBOX", 4) == payloads[3]
+
+
+@_check
+async def check_changes_since(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    await _fill(store, alice.id, [b"a", b"b", b"c"])
+    inbox = await _box(store, alice.id)
+    h = inbox.highestmodseq
+    ch = await store.changes_since(alice.id, inbox.id, 0)
+    assert _uids(ch.changed) == [1, 2, 3] and list(ch.expunged) == []
+    assert (ch.highestmodseq, ch.uidnext) == (h, 4)
+    assert list(ch.changed) == await store.list_messages(alice.id, "INBOX")
+    await store.store_flags(alice.id, inbox.id, [2], FlagMode.ADD, frozenset({"\\Seen"}))
+    await _fill(store, alice.id, [b"d"])
+    await store.expunge(alice.id, inbox.id, [1], only_deleted=False)
+    ch = await store.changes_since(alice.id, inbox.id, h)
+    assert _uids(ch.changed) == [2, 4] and list(ch.expunged) == [1]
+    assert ch.changed[0].flags == frozenset({"\\Seen"})
+    assert (ch.highestmodseq, ch.uidnext) == (h + 3, 5)
+    ch = await store.changes_since(alice.id, inbox.id, ch.highestmodseq)
+    assert (list(ch.changed), list(ch.expunged)) == ([], [])
+    await _raises(NotFound, store.changes_since(bob.id, inbox.id, 0))
+
+
+@_check
+async def check_quota(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    assert await store.get_quota(alice.id) == Quota(used=0, limit=0)
+    await deliver_bytes(store, b"x" * 1000, [LocalTarget(alice.id), LocalTarget(bob.id)])
+    await store.set_quota("ALICE@example.org", 2500)
+    assert await store.get_quota(alice.id) == Quota(used=1000, limit=2500)
+    assert await store.get_quota(bob.id) == Quota(used=1000, limit=0)
+    append = [LocalTarget(alice.id, "Drafts", enforce_quota=True)]
+    await deliver_bytes(store, b"y" * 1000, append)
+    drafts0 = await _box(store, alice.id, "Drafts")
+    await _raises(OverQuota, deliver_bytes(store, b"z" * 1000, append))
+    assert await _box(store, alice.id, "Drafts") == drafts0, "nothing stored, no uid used"
+    assert (await store.get_quota(alice.id)).used == 2000
+    # Exactly up to the limit is allowed.
+    await deliver_bytes(store, b"w" * 500, append)
+    assert (await store.get_quota(alice.id)).used == 2500
+    # SMTP delivery (checked at RCPT time instead) is not refused here.
+    await deliver_bytes(store, b"s" * 100, [LocalTarget(alice.id)])
+    assert (await store.get_quota(alice.id)).used == 2600
+    inbox = await _box(store, alice.id)
+    await _raises(OverQuota, store.copy_messages(alice.id, inbox.id, [1], "Archive"))
+    assert (await _box(store, alice.id, "Archive")).message_count == 0
+    await store.move_messages(alice.id, inbox.id, [1], "Archive")  # no new space
+    await store.set_quota("alice@example.org", 0)  # unlimited
+    await store.copy_messages(alice.id, inbox.id, [2], "Archive")
+    assert (await store.get_quota(alice.id)).used == 2700
+    await store.expunge(alice.id, inbox.id, [2], only_deleted=False)
+    assert (await store.get_quota(alice.id)).used == 2600
+    await store.delete_mailbox(alice.id, "Drafts")
+    assert (await store.get_quota(alice.id)).used == 1100
+    assert await store.get_quota(bob.id) == Quota(used=1000, limit=0)
+    await _raises(NotFound, store.set_quota("nobody@example.org", 10))
+    await _raises(NotFound, store.get_quota(alice.id + bob.id + 1000))
+    await _raises(StoreError, store.set_quota("alice@example.org", -1))
+
+
+@_check
+async def check_over_quota_fails_only_that_delivery(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    await store.set_quota("alice@example.org", 1000)
+    await deliver_bytes(store, b"x" * 900, [LocalTarget(alice.id)])
+    results = await asyncio.gather(
+        *(deliver_bytes(store, b"b%d" % n, [LocalTarget(bob.id)]) for n in range(5)),
+        deliver_bytes(store, b"y" * 200, [LocalTarget(alice.id, enforce_quota=True)]),
+        *(deliver_bytes(store, b"c%d" % n, [LocalTarget(bob.id)]) for n in range(5)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[5], OverQuota), results[5]
+    assert all(isinstance(r, DeliveryReceipt) for i, r in enumerate(results) if i != 5)
+    assert len(await store.list_messages(bob.id, "INBOX")) == 10
+    assert len(await store.list_messages(alice.id, "INBOX")) == 1
+    assert (await store.get_quota(alice.id)).used == 900
+
+
+@_check
+async def check_watch(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    inbox = await _box(store, alice.id)
+    archive = await _box(store, alice.id, "Archive")
+    work = await store.create_mailbox(alice.id, "Work")
+    seen_a: list[int] = []
+    seen_b: list[int] = []
+    stop_a = store.watch(alice.id, seen_a.append)
+    stop_b = store.watch(bob.id, seen_b.append)
+
+    async def expect(mailbox_id: int, aw: Awaitable[object]) -> None:
+        seen_a.clear()
+        await aw
+        await _eventually(lambda: mailbox_id in seen_a)
+
+    await expect(inbox.id, deliver_bytes(store, b"1", [LocalTarget(alice.id)]))
+    await expect(
+        inbox.id, store.store_flags(alice.id, inbox.id, [1], FlagMode.ADD, frozenset({"$A"}))
+    )
+    await expect(archive.id, store.copy_messages(alice.id, inbox.id, [1], "Archive"))
+    await expect(work.id, store.move_messages(alice.id, archive.id, [1], "Work"))
+    assert archive.id in seen_a
+    await expect(inbox.id, store.expunge(alice.id, inbox.id, [1], only_deleted=False))
+    await expect(work.id, store.rename_mailbox(alice.id, "Work", "Play"))
+    await expect(work.id, store.delete_mailbox(alice.id, "Play"))
+    assert seen_b == [], "another account's changes are not told"
+    b_inbox = await _box(store, bob.id)
+    await deliver_bytes(store, b"2", [LocalTarget(bob.id)])
+    await _eventually(lambda: b_inbox.id in seen_b)
+    stop_a()
+    stop_a()  # idempotent
+    seen_a.clear()
+    await deliver_bytes(store, b"3", [LocalTarget(alice.id)])
+    await store.expunge(alice.id, inbox.id, [2], only_deleted=False)
+    await asyncio.sleep(0.05)
+    assert seen_a == [], "no callback after unregistering"
+    stop_b()
+
+
+@_check
+async def check_imap_walled_off(store: MailStore) -> None:
+    """Account B using A's mailbox ids, uids and names gets NotFound (or its own, empty
+    data), from every call, and A's data is untouched."""
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    r = await deliver_bytes(store, b"alice's secret\r\n", [LocalTarget(alice.id)])
+    await store.create_mailbox(alice.id, "Private")
+    await store.subscribe(alice.id, "Private")
+    a_inbox, a_private = await _box(store, alice.id), await _box(store, alice.id, "Private")
+    b_inbox = await _box(store, bob.id)
+    before = await store.list_messages(alice.id, "INBOX")
+    (uid,) = [m.uid for m in before]
+    for mb in (a_inbox, a_private):
+        await _raises(NotFound, store.mark_recent(bob.id, mb.id))
+        await _raises(NotFound, store.list_uids(bob.id, mb.id))
+        await _raises(NotFound, store.fetch_info(bob.id, mb.id, [(1, UID_MAX)]))
+        await _raises(
+            NotFound,
+            store.store_flags(bob.id, mb.id, [uid], FlagMode.ADD, frozenset({"\\Deleted"})),
+        )
+        await _raises(NotFound, store.copy_messages(bob.id, mb.id, [uid], "INBOX"))
+        await _raises(NotFound, store.move_messages(bob.id, mb.id, [uid], "INBOX"))
+        await _raises(NotFound, store.expunge(bob.id, mb.id))
+        await _raises(NotFound, store.expunge(bob.id, mb.id, [uid], only_deleted=False))
+        await _raises(NotFound, store.changes_since(bob.id, mb.id, 0))
+    # Names resolve in the caller's own account only.
+    await _raises(NotFound, store.mailbox_status(bob.id, "Private"))
+    await _raises(NotFound, store.delete_mailbox(bob.id, "Private"))
+    await _raises(NotFound, store.rename_mailbox(bob.id, "Private", "Mine"))
+    await _raises(NotFound, store.copy_messages(bob.id, b_inbox.id, [uid], "Private"))
+    await _raises(NotFound, store.copy_messages(alice.id, a_inbox.id, [uid], "Bobs"))
+    b_status = await store.mailbox_status(bob.id, "INBOX")
+    assert b_status.mailbox == b_inbox and b_status.size == 0
+    assert await store.list_uids(bob.id, b_inbox.id) == []
+    assert await store.fetch_info(bob.id, b_inbox.id, [(1, UID_MAX)]) == []
+    assert list((await store.changes_since(bob.id, b_inbox.id, 0)).changed) == []
+    await _raises(NotFound, store.unsubscribe(bob.id, "Private"))
+    assert await store.list_subscriptions(bob.id) == []
+    assert await store.get_quota(bob.id) == Quota(used=0, limit=0)
+    # Alice's data is as it was.
+    assert await store.list_messages(alice.id, "INBOX") == before
+    assert await _box(store, alice.id) == a_inbox
+    assert await _box(store, alice.id, "Private") == a_private
+    assert await store.list_subscriptions(alice.id) == ["Private"]
+    assert await store.read_message(alice.id, "INBOX", uid) == b"alice's secret\r\n"
+    assert await store.read_blob(r.blob_id) == b"alice's secret\r\n"
+    assert (await store.get_quota(alice.id)).used == len(b"alice's secret\r\n")
