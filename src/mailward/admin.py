@@ -316,6 +316,38 @@ async def set_password(
     return generated
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """ "500M" -> bytes; K/M/G/T are powers of 1024, a trailing "B" is allowed."""
+    value = text.strip().upper().removesuffix("B")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    if not number.isdigit():
+        raise AdminError(f"not a size: {text!r} (examples: 0, 750M, 2G)")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def format_size(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size >= _SIZE_UNITS[unit] and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return f"{size}B" if size < 1024 else f"{size / 1024:.1f}K"
+
+
+async def user_quota(store: MailStore, address: str, limit: int | None) -> tuple[int, int]:
+    """Set the quota when `limit` is given; returns (bytes used, quota; 0 = none)."""
+    addr = check_address(address)
+    account = await store.get_account(addr)
+    if account is None:
+        raise AdminError(f"no user {addr}")
+    if limit is not None:
+        await store.set_quota(addr, limit)
+    quota = await store.get_quota(account.id)
+    return quota.used, quota.limit
+
+
 async def list_users(store: MailStore) -> list[UserInfo]:
     aliases: dict[str, list[str]] = {}
     for alias in await store.list_aliases():

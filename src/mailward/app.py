@@ -20,7 +20,9 @@ from mailward.config.schema import CONFIG_FILE, Config
 from mailward.crypto.passwords import PasswordHasher
 from mailward.crypto.tls import TlsConfigError, server_context
 from mailward.logs import EventLog, open_log
+from mailward.net.imap_server import imap_services, imap_session_factory
 from mailward.net.listener import MailService
+from mailward.net.pop3_listener import pop3_services, pop3_session_factory
 from mailward.net.smtp_server import smtp_services, smtp_session_factory
 from mailward.pipeline.runner import Pipeline
 from mailward.store.api import MailStore
@@ -82,7 +84,10 @@ async def _serve(data_dir: Path, config: Config, tls: object, log: EventLog) -> 
     authenticator = Authenticator(store, hasher, log, policy)
     smtp = smtp_services(config, tls, store, Pipeline(store, log), authenticator, log)
     factory = smtp_session_factory(config, smtp)
-    service = MailService(config, tls, log, {"mx": factory, "submission": factory})
+    imap = imap_session_factory(imap_services(config, tls, store, authenticator, log))
+    pop3 = pop3_session_factory(pop3_services(config, tls, store, authenticator, log))
+    factories = {"mx": factory, "submission": factory, "imap": imap, "pop3": pop3}
+    service = MailService(config, tls, log, factories)
     try:
         specs = await service.start()
     except OSError as exc:

@@ -10,6 +10,7 @@ from mailward.pipeline.recipients import RecipientPolicy
 from mailward.pipeline.types import Envelope, LocalRecipient, RemoteRecipient, SessionInfo
 from mailward.proto.address import parse_path
 from mailward.proto.smtp_events import RcptTo
+from mailward.store.api import Delivery, LocalTarget
 
 
 def rcpt(text: str) -> RcptTo:
@@ -88,3 +89,31 @@ def test_authenticated_user_may_send_to_foreign(tmp_path: Path) -> None:
 def test_even_authenticated_users_cannot_use_routing_forms(tmp_path: Path) -> None:
     result, recipient = decide(tmp_path, "<bob%other.test@foreign.test>", authenticated=True)
     assert recipient is None and result.reply is not None and result.reply.code == 550
+
+
+def test_recipient_over_quota_gets_452_4_2_2(tmp_path: Path) -> None:
+    async def main():  # type: ignore[no-untyped-def]
+        store = await open_store(tmp_path)
+        try:
+            await store.add_domain("example.test")
+            alice = await store.add_account("alice@example.test", "x")
+            message = b"Subject: filler\r\n\r\n" + b"x" * 500 + b"\r\n"
+            await store.deliver(
+                Delivery(store.new_spool(), "", [LocalTarget(alice.id)], [], content=message)
+            )
+            policy = RecipientPolicy(store)
+            session = SessionInfo("mx", "192.0.2.9", 4000, "t")
+            await store.set_quota("alice@example.test", 10_000)
+            roomy = await policy.resolve(
+                session, Envelope("x@y.test"), rcpt("<alice@example.test>")
+            )
+            await store.set_quota("alice@example.test", 100)
+            full = await policy.resolve(session, Envelope("x@y.test"), rcpt("<alice@example.test>"))
+            return roomy, full
+        finally:
+            await store.close()
+
+    (roomy, _), (full, recipient) = asyncio.run(main())
+    assert not roomy.refused
+    assert full.refused and recipient is None
+    assert full.reply is not None and (full.reply.code, full.reply.enhanced) == (452, "4.2.2")

@@ -200,6 +200,20 @@ def cmd_user_del(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_user_quota(args: argparse.Namespace, ctx: Context) -> int:
+    data_dir = _initialised(args)
+    limit = None if args.size is None else admin.parse_size(args.size)
+
+    async def go() -> tuple[int, int]:
+        async with admin.opened_store(data_dir) as store:
+            return await admin.user_quota(store, args.address, limit)
+
+    used, current = ctx.run(go())
+    shown = admin.format_size(current) if current else "unlimited"
+    _out(f"{args.address.lower()}: {admin.format_size(used)} used, quota {shown}")
+    return 0
+
+
 def cmd_user_passwd(args: argparse.Namespace, ctx: Context) -> int:
     data_dir = _initialised(args)
     password = _read_password(args)
@@ -494,6 +508,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("address")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p = command(
+        users,
+        "quota",
+        cmd_user_quota,
+        "show or set a user's storage quota",
+        "Show a user's storage use and quota, or set the quota: a size in bytes with an\n"
+        "optional K, M or G suffix (powers of 1024); 0 means unlimited. Enforced on IMAP\n"
+        "APPEND and COPY and checked before SMTP delivery; reported by IMAP QUOTA.",
+        "mailward user quota alice@example.org --data DIR",
+        "mailward user quota alice@example.org 2G --data DIR",
+    )
+    p.add_argument("address")
+    p.add_argument("size", nargs="?", help="new quota (e.g. 500M, 2G, 0 = unlimited)")
 
     aliases = group("alias", "add, list, delete aliases", "Addresses that deliver to a user.")
     p = command(

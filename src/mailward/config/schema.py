@@ -78,6 +78,10 @@ class TimeoutsConfig:
     data_block: float = field(default=180.0, metadata=doc("Between data blocks in DATA"))
     data_total: float = field(default=1800.0, metadata=doc("Whole DATA transfer (slowloris bound)"))
     tls_handshake: float = field(default=30.0, metadata=doc("TLS handshake"))
+    imap_idle: float = field(
+        default=1800.0,
+        metadata=doc("IMAP/POP3 autologout once logged in (RFC 9051 5.4: at least 30 min)"),
+    )
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from mailward.config.schema import Config
 from mailward.crypto.tls import describe_tls
 from mailward.logs import EventLog
 from mailward.net.listener import ListenerSpec, SessionFactory
+from mailward.net.starttls import discard_buffered_plaintext
 from mailward.pipeline.runner import Pipeline
 from mailward.pipeline.trace import trace_headers
 from mailward.pipeline.types import Envelope, SessionInfo
@@ -270,6 +271,9 @@ class SmtpSession:
 
     async def _start_tls(self) -> None:
         await self.flush()
+        dropped = discard_buffered_plaintext(self.reader)
+        if dropped:
+            self.log.info("smtp.starttls.discarded", session=self.info.session_id, octets=dropped)
         try:
             await self.writer.start_tls(
                 self.svc.tls_context,

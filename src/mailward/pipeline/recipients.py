@@ -8,6 +8,8 @@ than interpreted (RFC 5321 3.6.1 leaves that to policy): "%" hacks, "!" bang pat
 "@" inside a quoted local part, and quoted local parts in general. Source routes are
 ignored as RFC 5321 C. requires, so only the final mailbox counts. Comparison is
 case-insensitive: `ALICE@EXAMPLE.TEST` is alice's mail, `USER@FOREIGN.TEST` is not.
+A local account already at its storage quota gets 452 4.2.2 (checked here, per
+recipient, so one full mailbox does not fail a message other recipients share).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from mailward.store.api import MailStore, canonical_address
 ROUTING_CHARACTERS = ("%", "!", "@")
 ADDRESS_FORM_REFUSED = Reply(550, "5.7.1", "Address form not accepted here")
 DUPLICATE_RECIPIENT = Reply(250, "2.1.5", "Recipient OK (duplicate)")
+# RFC 3463 4.2.2: temporary, so the sender retries after the user makes room.
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full, try again later")
 
 
 class RecipientPolicy:
@@ -52,6 +56,9 @@ class RecipientPolicy:
             account = await self._store.resolve_recipient(address)
             if account is None:
                 return reject(NO_SUCH_USER, "unknown local recipient"), None
+            quota = await self._store.get_quota(account.id)
+            if quota.limit and quota.used >= quota.limit:
+                return reject(MAILBOX_FULL, "recipient over quota"), None
             return ACCEPT, LocalRecipient(rcpt.forward_path, account.id, account.address)
         if session.authenticated or session.trusted_network:
             return ACCEPT, RemoteRecipient(f"{rcpt.local_part}@{rcpt.domain}")

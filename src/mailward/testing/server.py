@@ -32,10 +32,9 @@ from typing import Any
 # The name the test certificate is issued for (`init --hostname localhost`).
 TLS_NAME = "localhost"
 
-# Standard ports a listener adds to the offset: those served now, and those that
-# later listeners (IMAP, IMAPS, POP3, POP3S) will take.
-SERVED_PORTS = (25, 587, 465)
-RESERVED_PORTS = (*SERVED_PORTS, 143, 993, 110, 995)
+# Standard ports a listener adds to the offset (SMTP, submission, IMAP, POP3).
+SERVED_PORTS = (25, 587, 465, 143, 993, 110, 995)
+RESERVED_PORTS = SERVED_PORTS
 
 _OFFSET_RANGE = (20000, 40000)
 _CLI_TIMEOUT = 120.0
@@ -124,6 +123,22 @@ class RunningServer:
     @property
     def submissions_port(self) -> int:
         return self.port_offset + 465
+
+    @property
+    def imap_port(self) -> int:
+        return self.port_offset + 143
+
+    @property
+    def imaps_port(self) -> int:
+        return self.port_offset + 993
+
+    @property
+    def pop3_port(self) -> int:
+        return self.port_offset + 110
+
+    @property
+    def pop3s_port(self) -> int:
+        return self.port_offset + 995
 
     def cli(
         self, *args: str, input: bytes | None = None, check: bool = True

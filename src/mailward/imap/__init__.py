@@ -1,0 +1,1 @@
+"""IMAP mailbox operations above the protocol core: FETCH rendering and SEARCH evaluation."""
