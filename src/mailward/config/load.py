@@ -33,7 +33,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 
-from mailward.config.schema import PORTS, Config
+from mailward.config.schema import PORTS, Config, parse_duration, parse_nameservers
 from mailward.files import atomic_write
 
 
@@ -139,10 +139,34 @@ _RANGES: dict[str, tuple[float, float | None]] = {
 # Timeouts of zero would either disable the bound or close every session at once.
 _POSITIVE_SECTIONS = {"timeouts"}
 
+
+def _durations_problem(value: object) -> str | None:
+    assert isinstance(value, list)
+    if not value:
+        return "must list at least one duration"
+    for item in value:
+        try:
+            parse_duration(item)
+        except ValueError:
+            return f"{item!r} is not a duration such as 90s, 15m, 2h or 1d"
+    return None
+
+
+def _nameservers_problem(value: object) -> str | None:
+    assert isinstance(value, list)
+    try:
+        parse_nameservers(value)
+    except ValueError:
+        return f"{value!r}: each must be an IP address, optionally with :port"
+    return None
+
+
 _CHECKS: dict[str, Callable[[object], str | None]] = {
     "server.hostname": _hostname_problem,
     "listen.address": _address_problem,
     "smtp.trusted_networks": _networks_problem,
+    "delivery.retry_schedule": _durations_problem,
+    "dns.resolvers": _nameservers_problem,
 }
 
 

@@ -8,6 +8,8 @@ relative are relative to the data directory.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -111,6 +113,46 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    resolvers: list[str] = field(
+        default_factory=list,
+        metadata=doc('DNS servers, "ip" or "ip:port" (empty: the system\'s /etc/resolv.conf)'),
+    )
+    trusted: bool = field(
+        default=False,
+        metadata=doc("The resolvers validate DNSSEC and the path to them is safe (DANE needs it)"),
+    )
+    timeout: float = field(default=5.0, metadata=doc("Seconds for one DNS lookup"))
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    smarthost: str = field(
+        default="",
+        metadata=doc('Relay all outbound mail via "host:port" (AUTH over TLS); "" = direct MX'),
+    )
+    smarthost_user: str = field(default="", metadata=doc("User name at the smarthost"))
+    smarthost_password_file: str = field(
+        default="", metadata=doc("File holding the smarthost password (mode 0600)")
+    )
+    require_tls: list[str] = field(
+        default_factory=list,
+        metadata=doc("Destination domains that must get verified TLS (else the mail waits)"),
+    )
+    retry_schedule: list[str] = field(
+        default_factory=lambda: ["5m", "15m", "30m", "1h", "2h", "4h"],
+        metadata=doc('Wait before each retry ("90s", "15m", "2h", "1d"); the last repeats'),
+    )
+    max_age: float = field(
+        default=5 * 86400.0, metadata=doc("Seconds a message may wait before it bounces")
+    )
+    delay_warning: float = field(
+        default=4 * 3600.0, metadata=doc("Seconds before the sender is told of a delay (0: never)")
+    )
+    workers: int = field(default=8, metadata=doc("Concurrent outbound connections"))
+
+
+@dataclass(frozen=True)
 class LogConfig:
     file: str = field(default="", metadata=doc('JSON-lines log file; "" for stderr'))
     level: Literal["debug", "info", "warning", "error"] = field(
@@ -127,7 +169,42 @@ class Config:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """ "90s", "15m", "2h", "1d" or a plain number of seconds -> seconds (ValueError)."""
+    value = text.strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:], 0.0)
+    number = float(value[:-1] if unit else value)
+    seconds = number * (unit or 1.0)
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"{text!r} is not a positive duration")
+    return seconds
+
+
+def parse_nameservers(specs: Sequence[str]) -> list[tuple[str, int]]:
+    """["127.0.0.1:5353", "::1", "[::1]:53"] -> [(ip, port), ...]; ValueError if bad."""
+    out = []
+    for spec in specs:
+        text = spec.strip()
+        host, port = text, 53
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port = int(rest.removeprefix(":")) if rest else 53
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+            port = int(port_text)
+        ipaddress.ip_address(host)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port in {spec!r}")
+        out.append((host, port))
+    return out
 
 
 # Standard ports; a listener binds at listen.port_offset + this.

@@ -1,0 +1,147 @@
+"""The one DNS resolver everything goes through (DESIGN.md principle 5: injected).
+
+SPF, DKIM, DMARC, ARC, DNSBL, MX selection, MTA-STS and DANE all ask through a
+`Resolver`. The production one (`DnsResolver`) uses dnspython's asyncio resolver
+pointed at config `dns.resolvers` ("ip" or "ip:port"; empty: the system's
+/etc/resolv.conf); tests point it at a DNS server they start on loopback.
+
+Results are plain values. "No such name" and "no records of that type" are empty
+answers (the callers' RFCs treat them alike: RFC 7208 4.3, RFC 6376 6.1.2, RFC 7489
+6.6.3); a server failure or a timeout raises `DnsTemporaryError`, which callers turn
+into a tempfail (451/4.4.3), never into a silent pass. `authenticated` is the AD bit of
+the answer, meaningful only from a trusted validating resolver (RFC 7672 2.2: DANE
+needs it; `trusted` in the config says whether the resolver is one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import dns.asyncresolver
+import dns.exception
+import dns.flags
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+from mailward.config.schema import parse_nameservers
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class DnsTemporaryError(Exception):
+    """SERVFAIL, REFUSED, a timeout or no server reachable: try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The records of one (name, type) query, as text (dnspython's presentation form,
+    TXT strings joined per RFC 7208 3.3), with the AD bit."""
+
+    records: tuple[str, ...]
+    authenticated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TlsaRecord:
+    usage: int
+    selector: int
+    mtype: int
+    data: bytes
+
+
+class Resolver(Protocol):
+    async def query(self, name: str, rdtype: str) -> Answer:
+        """Any record type; empty records for NXDOMAIN or NODATA."""
+        ...
+
+    async def txt(self, name: str) -> list[str]:
+        """TXT strings, each record's character-strings concatenated."""
+        ...
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        """(preference, exchange without the trailing dot), sorted by preference."""
+        ...
+
+    async def addresses(self, host: str) -> list[str]:
+        """A then AAAA addresses of `host`."""
+        ...
+
+    async def ptr(self, ip: str) -> list[str]: ...
+
+    async def tlsa(self, name: str) -> tuple[list[TlsaRecord], bool]:
+        """TLSA records and whether the answer was DNSSEC-authenticated."""
+        ...
+
+
+class DnsResolver:
+    """dnspython's asyncio resolver. One per process; safe to share between tasks."""
+
+    def __init__(
+        self, nameservers: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        if nameservers:
+            servers = parse_nameservers(nameservers)
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port) for host, port in servers
+            ]
+        else:
+            self._resolver = dns.asyncresolver.Resolver()
+        self._resolver.lifetime = timeout
+        self._resolver.timeout = timeout
+        self._resolver.use_edns(0, dns.flags.DO, 1232)  # ask for the AD bit (RFC 6840 5.7)
+        self._resolver.flags = dns.flags.RD | dns.flags.AD
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        try:
+            answer = await self._resolver.resolve(name, rdtype, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return Answer(())
+        except dns.resolver.NoNameservers as exc:
+            raise DnsTemporaryError(f"{name}/{rdtype}: no server answered") from exc
+        except (dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
+            raise DnsTemporaryError(f"{name}/{rdtype}: timeout") from exc
+        except dns.exception.DNSException as exc:
+            raise DnsTemporaryError(f"{name}/{rdtype}: {exc.__class__.__name__}") from exc
+        ad = bool(answer.response.flags & dns.flags.AD)
+        if dns.rdatatype.from_text(rdtype) == dns.rdatatype.TXT:
+            records = tuple(b"".join(r.strings).decode("utf-8", "replace") for r in answer)
+        else:
+            records = tuple(r.to_text() for r in answer)
+        return Answer(records, ad)
+
+    async def txt(self, name: str) -> list[str]:
+        return list((await self.query(name, "TXT")).records)
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        out = []
+        for record in (await self.query(domain, "MX")).records:
+            preference, _, exchange = record.partition(" ")
+            out.append((int(preference), exchange.rstrip(".").lower()))
+        return sorted(out)
+
+    async def addresses(self, host: str) -> list[str]:
+        v4 = (await self.query(host, "A")).records
+        v6 = (await self.query(host, "AAAA")).records
+        return [*v4, *v6]
+
+    async def ptr(self, ip: str) -> list[str]:
+        name = dns.reversename.from_address(ip).to_text()
+        return [r.rstrip(".").lower() for r in (await self.query(name, "PTR")).records]
+
+    async def tlsa(self, name: str) -> tuple[list[TlsaRecord], bool]:
+        answer = await self.query(name, "TLSA")
+        records = []
+        for text in answer.records:
+            usage, selector, mtype, *data = text.split()
+            records.append(
+                TlsaRecord(int(usage), int(selector), int(mtype), bytes.fromhex("".join(data)))
+            )
+        return records, answer.authenticated
+
+
+__all__ = ["Answer", "DnsResolver", "DnsTemporaryError", "Resolver", "TlsaRecord"]
