@@ -445,3 +445,40 @@ def test_imaplib_round_trip(server: RunningServer) -> None:
     finally:
         if client.state != "LOGOUT":
             client.shutdown()
+
+
+# --------------------------------------------------------------- IMAP4rev2 and shutdown
+
+
+def test_enable_imap4rev2_changes_responses(alice: ImapRaw) -> None:
+    append(alice, "INBOX", MESSAGE)
+    assert alice.command("ENABLE IMAP4rev2").untagged == [b"* ENABLED IMAP4rev2"]
+    reply = alice.command("SELECT INBOX")
+    assert not reply.lines("RECENT")  # rev2 has no \Recent (RFC 9051 appendix E)
+    assert any(u.startswith(b'* LIST () "/" "INBOX"') for u in reply.untagged), reply
+    reply = alice.command("SEARCH ALL")  # rev2 answers SEARCH with ESEARCH
+    assert reply.untagged[0].startswith(b'* ESEARCH (TAG "') and b"ALL 1" in reply.untagged[0]
+    assert b"\\Recent" not in alice.command("FETCH 1 FLAGS").untagged[0]
+
+
+def test_sigterm_says_bye_to_idle_imap_and_pop3_sessions(server: RunningServer) -> None:
+    import poplib
+    import signal
+
+    imap = connect(server)
+    imap.command("SELECT INBOX")
+    imap.send(b"I1 IDLE\r\n")
+    assert imap.read_response().startswith(b"+")
+    pop = poplib.POP3_SSL(server.host, server.pop3s_port, context=server.ssl_context())
+    pop.user(ALICE)
+    pop.pass_(PASSWORDS[ALICE])
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    line = imap.read_response()
+    assert line.startswith(b"* BYE"), line
+    assert imap.closed()
+    with pytest.raises((poplib.error_proto, OSError, EOFError)):
+        pop.stat()  # the server closed the POP3 session with -ERR or hung up
+    assert server.process.wait(timeout=30) == 0
+    imap.close()
+    pop.close()

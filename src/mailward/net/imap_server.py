@@ -85,7 +85,13 @@ AUTHENTICATED_CAPABILITIES = (
     "QUOTA=RES-STORAGE",
     "UTF8=ACCEPT",
 )
-ENABLEABLE = ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT", "IMAP4REV2")
+# RFC 5161: what ENABLE accepts (upper-cased) -> the name ENABLED echoes.
+ENABLEABLE = {
+    "CONDSTORE": "CONDSTORE",
+    "QRESYNC": "QRESYNC",
+    "UTF8=ACCEPT": "UTF8=ACCEPT",
+    "IMAP4REV2": "IMAP4rev2",
+}
 
 
 class ImapSession(MailboxCommands, MessageCommands):
@@ -280,7 +286,7 @@ class ImapSession(MailboxCommands, MessageCommands):
             name = cap.upper()
             if name in ENABLEABLE and name not in self.enabled:
                 self.enabled.add(name)
-                newly.append(cap)
+                newly.append(ENABLEABLE[name])
                 if name == "QRESYNC":
                     self.enabled.add("CONDSTORE")
                 if name in ("CONDSTORE", "QRESYNC"):
