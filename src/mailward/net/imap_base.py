@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 
 from mailward.auth import Authenticator
-from mailward.crypto.tls import describe_tls
 from mailward.imap.names import (
     BadName,
     from_client,
@@ -27,6 +26,7 @@ from mailward.imap.selected import SelectedMailbox
 from mailward.logs import EventLog
 from mailward.message.mime import Part
 from mailward.net.smtp_server import MessageSpool
+from mailward.net.starttls import note_tls
 from mailward.pipeline.types import SessionInfo
 from mailward.proto import imap as core_mod
 from mailward.proto.imap_wire import (
@@ -126,7 +126,7 @@ class SessionBase:
         self.append: _Append | None = None
         self.read_task: asyncio.Task[bytes] | None = None
         if implicit_tls:
-            self._note_tls()
+            note_tls(writer, info, services.log)
 
     @property
     def rev2(self) -> bool:
@@ -172,18 +172,6 @@ class SessionBase:
     def _on_change(self, mailbox_id: int) -> None:
         if self.selected is not None and self.selected.mailbox_id == mailbox_id:
             self.changed.set()
-
-    def _note_tls(self) -> None:
-        ssl_object = self.writer.get_extra_info("ssl_object")
-        if ssl_object is None:
-            return
-        self.info.tls_version, self.info.tls_cipher = describe_tls(ssl_object)
-        self.log.info(
-            "tls.established",
-            session=self.info.session_id,
-            version=self.info.tls_version,
-            cipher=self.info.tls_cipher,
-        )
 
     @property
     def account(self) -> int:

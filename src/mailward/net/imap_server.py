@@ -38,7 +38,7 @@ from mailward.net.imap_base import (
 from mailward.net.imap_mailboxes import MailboxCommands
 from mailward.net.imap_messages import MessageCommands
 from mailward.net.listener import ListenerSpec, SessionFactory
-from mailward.net.starttls import discard_buffered_plaintext
+from mailward.net.starttls import start_tls
 from mailward.pipeline.types import SessionInfo
 from mailward.proto import imap as core_mod
 from mailward.proto import imap_commands as cmd
@@ -302,18 +302,16 @@ class ImapSession(MailboxCommands, MessageCommands):
         if self.read_task is not None:
             self.read_task.cancel()
             self.read_task = None
-        dropped = discard_buffered_plaintext(self.reader)
-        if dropped:
-            self.log.info("imap.starttls.discarded", session=self.info.session_id, octets=dropped)
-        try:
-            await self.writer.start_tls(
-                self.svc.tls_context, ssl_handshake_timeout=self.svc.tls_handshake_timeout
-            )
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            self.log.info("tls.failed", session=self.info.session_id, error=str(exc))
-            raise ConnectionResetError("TLS handshake failed") from exc
+        await start_tls(
+            self.reader,
+            self.writer,
+            self.svc.tls_context,
+            timeout=self.svc.tls_handshake_timeout,
+            info=self.info,
+            log=self.log,
+            protocol="imap",
+        )
         self.tls_active = True
-        self._note_tls()
         self.core.tls_established()
 
     def _require_tls(self) -> None:

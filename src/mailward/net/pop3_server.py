@@ -33,9 +33,8 @@ import ssl
 from dataclasses import dataclass
 
 from mailward.auth import Authenticator
-from mailward.crypto.tls import describe_tls
 from mailward.logs import EventLog
-from mailward.net.starttls import discard_buffered_plaintext
+from mailward.net.starttls import note_tls, start_tls
 from mailward.pipeline.types import SessionInfo
 from mailward.proto.pop3 import (
     SHUTTING_DOWN,
@@ -240,33 +239,19 @@ class Pop3Session:
 
     async def _start_tls(self) -> None:
         await self._flush()
-        self._discard_buffered_plaintext()
-        try:
-            await self.writer.start_tls(
-                self.svc.tls_context, ssl_handshake_timeout=self.svc.tls_handshake_timeout
-            )
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            self.log.info("tls.failed", session=self.info.session_id, error=str(exc))
-            raise ConnectionResetError("TLS handshake failed") from exc
-        self.note_tls()
+        await start_tls(
+            self.reader,
+            self.writer,
+            self.svc.tls_context,
+            timeout=self.svc.tls_handshake_timeout,
+            info=self.info,
+            log=self.log,
+            protocol="pop3",
+        )
         self.core.tls_established()
 
-    def _discard_buffered_plaintext(self) -> None:
-        dropped = discard_buffered_plaintext(self.reader)
-        if dropped:
-            self.log.info("pop3.stls.discarded", session=self.info.session_id, octets=dropped)
-
     def note_tls(self) -> None:
-        ssl_object = self.writer.get_extra_info("ssl_object")
-        if ssl_object is None:
-            return
-        self.info.tls_version, self.info.tls_cipher = describe_tls(ssl_object)
-        self.log.info(
-            "tls.established",
-            session=self.info.session_id,
-            version=self.info.tls_version,
-            cipher=self.info.tls_cipher,
-        )
+        note_tls(self.writer, self.info, self.log)
 
     # --- AUTHORIZATION: login, lock, snapshot (RFC 1939 4, 7, 8) --------------------------
 

@@ -29,10 +29,9 @@ from typing import BinaryIO
 
 from mailward.auth import Authenticator
 from mailward.config.schema import Config
-from mailward.crypto.tls import describe_tls
 from mailward.logs import EventLog
 from mailward.net.listener import ListenerSpec, SessionFactory
-from mailward.net.starttls import discard_buffered_plaintext
+from mailward.net.starttls import note_tls, start_tls
 from mailward.pipeline.runner import Pipeline
 from mailward.pipeline.trace import trace_headers
 from mailward.pipeline.types import Envelope, SessionInfo
@@ -271,31 +270,19 @@ class SmtpSession:
 
     async def _start_tls(self) -> None:
         await self.flush()
-        dropped = discard_buffered_plaintext(self.reader)
-        if dropped:
-            self.log.info("smtp.starttls.discarded", session=self.info.session_id, octets=dropped)
-        try:
-            await self.writer.start_tls(
-                self.svc.tls_context,
-                ssl_handshake_timeout=self.svc.tls_handshake_timeout,
-            )
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            self.log.info("tls.failed", session=self.info.session_id, error=str(exc))
-            raise ConnectionResetError("TLS handshake failed") from exc
-        self.note_tls()
+        await start_tls(
+            self.reader,
+            self.writer,
+            self.svc.tls_context,
+            timeout=self.svc.tls_handshake_timeout,
+            info=self.info,
+            log=self.log,
+            protocol="smtp",
+        )
         self.core.tls_established()
 
     def note_tls(self) -> None:
-        ssl_object = self.writer.get_extra_info("ssl_object")
-        if ssl_object is None:
-            return
-        self.info.tls_version, self.info.tls_cipher = describe_tls(ssl_object)
-        self.log.info(
-            "tls.established",
-            session=self.info.session_id,
-            version=self.info.tls_version,
-            cipher=self.info.tls_cipher,
-        )
+        note_tls(self.writer, self.info, self.log)
 
     # --- spool ----------------------------------------------------------------------
 
