@@ -7,10 +7,13 @@ pointed at config `dns.resolvers` ("ip" or "ip:port"; empty: the system's
 
 Results are plain values. "No such name" and "no records of that type" are empty
 answers (the callers' RFCs treat them alike: RFC 7208 4.3, RFC 6376 6.1.2, RFC 7489
-6.6.3); a server failure or a timeout raises `DnsTemporaryError`, which callers turn
-into a tempfail (451/4.4.3), never into a silent pass. `authenticated` is the AD bit of
-the answer, meaningful only from a trusted validating resolver (RFC 7672 2.2: DANE
-needs it; `trusted` in the config says whether the resolver is one).
+6.6.3), and so is a name that cannot exist in the DNS at all (an empty or over-long
+label, over 255 octets: RFC 1035 2.3.4; RFC 7208 4.3 says "none" for it too); a server
+failure or a timeout raises `DnsTemporaryError`, which callers turn into a tempfail
+(451/4.4.3), never into a silent pass. `authenticated` is the AD bit of the answer,
+negative answers included (an authenticated denial, RFC 4035 3.2.3), meaningful only
+from a trusted validating resolver (RFC 7672 2.2: DANE needs it; `trusted` in the
+config says whether the resolver is one).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Protocol
 import dns.asyncresolver
 import dns.exception
 import dns.flags
+import dns.message
+import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
@@ -30,6 +35,9 @@ import dns.reversename
 from mailward.config.schema import parse_nameservers
 
 DEFAULT_TIMEOUT = 5.0
+# One try waits at most this long before the query is sent again (a lost UDP packet
+# must not cost the whole timeout); the whole lookup still ends at the timeout.
+TRY_TIMEOUT = 2.0
 
 
 class DnsTemporaryError(Exception):
@@ -92,23 +100,33 @@ class DnsResolver:
         else:
             self._resolver = dns.asyncresolver.Resolver()
         self._resolver.lifetime = timeout
-        self._resolver.timeout = timeout
+        self._resolver.timeout = min(timeout, TRY_TIMEOUT)
         self._resolver.use_edns(0, dns.flags.DO, 1232)  # ask for the AD bit (RFC 6840 5.7)
         self._resolver.flags = dns.flags.RD | dns.flags.AD
 
     async def query(self, name: str, rdtype: str) -> Answer:
+        kind = dns.rdatatype.from_text(rdtype)  # an unknown type is a bug: it raises
         try:
-            answer = await self._resolver.resolve(name, rdtype, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return Answer(())
+            qname = dns.name.from_text(name, origin=dns.name.root)
+        except dns.exception.DNSException:
+            return Answer(())  # not a possible DNS name: nothing can be there
+        try:
+            answer = await self._resolver.resolve(qname, kind, search=False)
+        except dns.resolver.NXDOMAIN as exc:
+            # (exc.responses() / exc.response(), read from the documented kwargs)
+            responses = exc.kwargs.get("responses") or {}
+            return Answer((), _authenticated(*responses.values()))
+        except dns.resolver.NoAnswer as exc:
+            response = exc.kwargs.get("response")
+            return Answer((), response is not None and _authenticated(response))
         except dns.resolver.NoNameservers as exc:
             raise DnsTemporaryError(f"{name}/{rdtype}: no server answered") from exc
         except (dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
             raise DnsTemporaryError(f"{name}/{rdtype}: timeout") from exc
         except dns.exception.DNSException as exc:
             raise DnsTemporaryError(f"{name}/{rdtype}: {exc.__class__.__name__}") from exc
-        ad = bool(answer.response.flags & dns.flags.AD)
-        if dns.rdatatype.from_text(rdtype) == dns.rdatatype.TXT:
+        ad = _authenticated(answer.response)
+        if kind == dns.rdatatype.TXT:
             records = tuple(b"".join(r.strings).decode("utf-8", "replace") for r in answer)
         else:
             records = tuple(r.to_text() for r in answer)
@@ -142,6 +160,11 @@ class DnsResolver:
                 TlsaRecord(int(usage), int(selector), int(mtype), bytes.fromhex("".join(data)))
             )
         return records, answer.authenticated
+
+
+def _authenticated(*responses: dns.message.Message) -> bool:
+    """The AD bit, set on every response the answer came from."""
+    return bool(responses) and all(r.flags & dns.flags.AD for r in responses)
 
 
 __all__ = ["Answer", "DnsResolver", "DnsTemporaryError", "Resolver", "TlsaRecord"]

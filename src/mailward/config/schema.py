@@ -9,6 +9,7 @@ relative are relative to the data directory.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -195,8 +196,10 @@ def parse_nameservers(specs: Sequence[str]) -> list[tuple[str, int]]:
         text = spec.strip()
         host, port = text, 53
         if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port = int(rest.removeprefix(":")) if rest else 53
+            match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
+            if match is None:
+                raise ValueError(f"bad bracketed address in {spec!r}")
+            host, port = match.group(1), int(match.group(2) or 53)
         elif text.count(":") == 1:
             host, _, port_text = text.partition(":")
             port = int(port_text)

@@ -1,0 +1,1 @@
+"""Tests of mailward.testing: the infrastructure other tests stand on (TestDns, TestUnbound)."""
