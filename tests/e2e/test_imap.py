@@ -208,7 +208,11 @@ def test_create_rename_delete_with_codes(alice: ImapRaw) -> None:
     reply = alice.command("RENAME Nowhere Elsewhere")
     assert reply.status == "NO" and reply.code() == "NONEXISTENT"
     reply = alice.command("DELETE INBOX")
-    assert reply.status == "NO"
+    assert reply.status == "NO" and reply.code() == "CANNOT"
+    reply = alice.command('CREATE "a//b"')
+    assert reply.status == "NO" and reply.code() == "CANNOT"
+    reply = alice.command('CREATE "star*"')
+    assert reply.status == "NO" and reply.code() == "CANNOT"
     assert alice.command("DELETE Archive/Projects/2026/Q4").ok
 
 
@@ -482,3 +486,22 @@ def test_sigterm_says_bye_to_idle_imap_and_pop3_sessions(server: RunningServer) 
     assert server.process.wait(timeout=30) == 0
     imap.close()
     pop.close()
+
+
+def test_a_move_by_one_session_is_an_expunge_for_the_other(
+    server: RunningServer, alice: ImapRaw
+) -> None:
+    for _ in range(3):
+        append(alice, "INBOX", MESSAGE)
+    other = connect(server)
+    try:
+        alice.command("SELECT INBOX")
+        other.command("SELECT INBOX")
+        reply = other.command("UID MOVE 2 Archive")
+        assert reply.ok and b"* 2 EXPUNGE" in reply.untagged
+        reply = alice.command("UID FETCH 1:* (FLAGS)")  # UID FETCH may carry EXPUNGE
+        assert b"* 2 EXPUNGE" in reply.untagged
+        assert len(reply.lines("FETCH")) == 2
+        assert alice.command("STATUS Archive (MESSAGES)").untagged[0].endswith(b"(MESSAGES 1)")
+    finally:
+        other.close()
