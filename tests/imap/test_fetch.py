@@ -466,3 +466,33 @@ def test_needs_message(request_text: str, needed: bool) -> None:
 )
 def test_sets_seen(request_text: str, seen: bool) -> None:
     assert sets_seen(items(request_text)) is seen
+
+
+# --- the index-only fast path --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    ["FLAGS", "(UID FLAGS)", "(FLAGS UID)", "FAST", "(MODSEQ FLAGS)", "(INTERNALDATE UID)"],
+)
+@pytest.mark.parametrize("uid", [False, True])
+@pytest.mark.parametrize("modseq", [False, True])
+@pytest.mark.parametrize(
+    "flags", [frozenset(), frozenset({"\\Seen", "$Work", "\\Recent", "\\Answered"})]
+)
+def test_metadata_renderer_matches_render_fetch(
+    request_text: str, uid: bool, modseq: bool, flags: frozenset[str]
+) -> None:
+    fast = fetch.metadata_renderer(items(request_text), include_uid=uid, include_modseq=modseq)
+    assert fast is not None
+    expected = render(request_text, None, seq=9, uid=uid, modseq=modseq, flags=flags)
+    assert fast(9, info(SIMPLE, flags=flags)) == expected
+
+
+@pytest.mark.parametrize(
+    "request_text", ["ENVELOPE", "(FLAGS BODY.PEEK[])", "ALL", "BINARY.SIZE[1]"]
+)
+def test_metadata_renderer_declines_message_items(request_text: str) -> None:
+    assert (
+        fetch.metadata_renderer(items(request_text), include_uid=True, include_modseq=False) is None
+    )

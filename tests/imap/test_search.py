@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+from collections.abc import Sequence
 
 import pytest
 
@@ -117,10 +118,12 @@ def key(text: str) -> SearchKey:
 class Loader:
     def __init__(self) -> None:
         self.loaded: list[int] = []
+        self.header_only: list[bool] = []
 
-    async def __call__(self, info: MessageInfo) -> bytes:
-        self.loaded.append(info.uid)
-        return BLOBS[info.blob_id]
+    async def __call__(self, infos: Sequence[MessageInfo], header_only: bool) -> list[bytes]:
+        self.loaded.extend(info.uid for info in infos)
+        self.header_only.append(header_only)
+        return [BLOBS[info.blob_id] for info in infos]
 
 
 def run(
@@ -305,8 +308,32 @@ def test_each_loaded_message_parsed_once(monkeypatch: pytest.MonkeyPatch) -> Non
     assert len(calls) == len(loaded) == 5
 
 
+@pytest.mark.parametrize(
+    ("query", "header_only"),
+    [
+        ("SUBJECT lunch", True),
+        ("OR FROM x SENTBEFORE 1-Jan-2030", True),
+        ("BODY spirit", False),
+        ("NOT OR SUBJECT a TEXT b", False),
+    ],
+)
+def test_header_keys_read_only_header_sections(query: str, header_only: bool) -> None:
+    loader = Loader()
+    asyncio.run(search(key(query), MAILBOX, loader, recent_above=RECENT_ABOVE))
+    assert loader.header_only and set(loader.header_only) == {header_only}
+
+
+def test_a_search_reads_in_batches_and_keeps_sequence_order() -> None:
+    info = MAILBOX[0][1]
+    many = [(seq, info) for seq in range(1, 1201)]
+    loader = Loader()
+    found = asyncio.run(search(key("FROM @"), many, loader, recent_above=RECENT_ABOVE))
+    assert len(loader.header_only) == 3  # 1200 undecided messages, 512 a call
+    assert [seq for seq, _ in found] == sorted(seq for seq, _ in found)
+
+
 def test_load_errors_propagate() -> None:
-    async def broken(info: MessageInfo) -> bytes:
+    async def broken(infos: Sequence[MessageInfo], header_only: bool) -> list[bytes]:
         raise OSError("blob missing")
 
     with pytest.raises(OSError, match="blob missing"):

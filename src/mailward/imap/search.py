@@ -261,32 +261,59 @@ class _Evaluator:
         raise ValueError(f"unknown search key {key!r}")
 
 
+Loader = Callable[[Sequence[MessageInfo], bool], Awaitable[Sequence[bytes]]]
+LOAD_BATCH = 512  # messages read per `load` call (one store round trip)
+
+
+def needs_body(key: SearchKey) -> bool:
+    """Whether some key looks past the header section (BODY, TEXT); HEADER/FROM/
+    SUBJECT/... and SENT* need only the header section, which is far cheaper to read."""
+    if isinstance(key, SearchBody | SearchText):
+        return True
+    return any(needs_body(child) for child in _children(key))
+
+
 async def search(
     key: SearchKey,
     messages: Sequence[tuple[int, MessageInfo]],
-    load: Callable[[MessageInfo], Awaitable[bytes]],
+    load: Loader,
     *,
     recent_above: int,
     saved: Sequence[int] = (),
 ) -> list[tuple[int, MessageInfo]]:
     """The (seq, info) pairs of `messages` (every message of the mailbox, in sequence
-    order) that match `key`, in order. `load` returns a message's bytes; it is called
+    order) that match `key`, in order. `load(infos, header_only)` returns the messages'
+    bytes (only their header sections when `header_only`); it is called in batches,
     only for messages the metadata cannot decide, at most once each."""
     last_seq, last_uid = (messages[-1][0], messages[-1][1].uid) if messages else (0, 0)
     evaluator = _Evaluator(
         last_seq=last_seq, last_uid=last_uid, recent_above=recent_above, saved=frozenset(saved)
     )
     ordered = _cheapest_first(key)
+    header_only = not needs_body(ordered)
     matches: list[tuple[int, MessageInfo]] = []
+    undecided: list[tuple[int, MessageInfo]] = []
+
+    async def decide_undecided() -> None:
+        contents = await load([info for _, info in undecided], header_only)
+        for (seq, info), data in zip(undecided, contents, strict=True):
+            if evaluator.evaluate(ordered, seq, info, _Loaded(data)):
+                matches.append((seq, info))
+        undecided.clear()
+
     for index, (seq, info) in enumerate(messages):
         if index and index % YIELD_EVERY == 0:
             await asyncio.sleep(0)
         result = evaluator.evaluate(ordered, seq, info, None)
         if result is None:
-            loaded = _Loaded(await load(info))
-            result = evaluator.evaluate(ordered, seq, info, loaded)
-        if result:
+            undecided.append((seq, info))
+            if len(undecided) >= LOAD_BATCH:
+                await decide_undecided()
+        elif result:
             matches.append((seq, info))
+    if undecided:
+        await decide_undecided()
+    matches.sort(key=lambda pair: pair[0])
     return matches
 
 

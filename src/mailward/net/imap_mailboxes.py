@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from array import array
 from collections.abc import Sequence
 
 from mailward.imap.names import (
@@ -67,7 +68,7 @@ class MailboxCommands(SessionBase):
             name=mb.name,
             uidvalidity=mb.uidvalidity,
             readonly=readonly,
-            uids=uids,
+            uids=array("I", uids),
             highestmodseq=mb.highestmodseq,
             recent_above=recent_above,
             uidnext=mb.uidnext,

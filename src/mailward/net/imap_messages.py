@@ -7,7 +7,7 @@ chunks; APPEND answers OK only after the store made the message durable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from mailward.imap import fetch as fetch_mod
@@ -155,6 +155,10 @@ class MessageCommands(SessionBase):
             messages, flagged = await self._mark_seen(sel, messages)
         include_modseq = self.condstore
         need_data = fetch_mod.needs_message(items)
+        fast = fetch_mod.metadata_renderer(items, include_uid=c.uid, include_modseq=include_modseq)
+        if fast is not None and not flagged:
+            await self._fetch_metadata(sel, messages, fast)
+            return None, "FETCH completed"
         written = 0
         for seq, info in messages:
             data = await self.store.read_blob(info.blob_id) if need_data else None
@@ -176,6 +180,25 @@ class MessageCommands(SessionBase):
                 await self.flush()
                 written = 0
         return None, "FETCH completed"
+
+    async def _fetch_metadata(
+        self,
+        sel: SelectedMailbox,
+        messages: list[tuple[int, MessageInfo]],
+        render: Callable[[int, MessageInfo], bytes],
+    ) -> None:
+        """Index-only FETCH (flags, uids...): no message is read, output in batches."""
+        batch: list[bytes] = []
+        size = 0
+        for seq, info in messages:
+            line = render(seq, self._with_recent(sel, info))
+            batch.append(line)
+            size += len(line)
+            if size > STREAM_CHUNK:
+                self.core.send(b"".join(batch))
+                await self.flush()
+                batch, size = [], 0
+        self.core.send(b"".join(batch))
 
     async def _mark_seen(
         self, sel: SelectedMailbox, messages: list[tuple[int, MessageInfo]]
@@ -320,8 +343,9 @@ class MessageCommands(SessionBase):
         pairs = [(s, u) for s, u in enumerate(sel.uids, 1)]
         messages = await self._infos(sel, pairs)
 
-        async def load(info: MessageInfo) -> bytes:
-            return await self.store.read_blob(info.blob_id)
+        async def load(infos: Sequence[MessageInfo], header_only: bool) -> list[bytes]:
+            blob_ids = [info.blob_id for info in infos]
+            return await self.store.read_blobs(blob_ids, header_only=header_only)
 
         matches = await search_mod.search(
             args.key,

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+# How much of a message `read_blobs(header_only=True)` returns at most.
+MAX_HEADER_READ = 1024 * 1024
+
 
 class StoreError(Exception):
     """Base of every storage error; the message is safe to show to an administrator."""
@@ -171,15 +174,41 @@ class QueueState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class QueueEntry:
+    """One outbound recipient of one message (RFC 5321: one envelope per entry).
+
+    A worker delivers an entry only while it holds it: state DELIVERING, `owner` its
+    id, until `lease_until`. DELIVERED and FAILED are outcomes given to `update_queue`,
+    which removes the entry; stored entries are QUEUED, DEFERRED or DELIVERING."""
+
     id: int
-    sender: str
+    sender: str  # "" for the null reverse-path (DSNs)
     recipient: str
     blob_id: str
     state: QueueState
-    attempts: int
-    created: float
+    attempts: int  # claims so far (an attempt cut short by a crash counts)
+    created: float  # Unix time it was queued: delay warnings and max age count from it
     next_attempt: float
-    last_error: str
+    last_error: str  # the last failure, for administrators (never a message body)
+    owner: str = ""
+    lease_until: float = 0.0
+    last_attempt: float = 0.0  # Unix time the last attempt started, 0 if never
+    warned: bool = False  # the sender was told of the delay (once, RFC 3464 delayed)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueUpdate:
+    """The outcome of an attempt for one claimed entry (`MailStore.update_queue`).
+
+    DELIVERED and FAILED remove the entry (the caller has sent any DSN first);
+    DEFERRED puts it back in the queue until `next_attempt`, with `error`; QUEUED puts
+    it back due now (a worker giving up its claim at shutdown). `warned` marks that a
+    delay DSN was sent."""
+
+    id: int
+    state: QueueState
+    next_attempt: float = 0.0
+    error: str = ""
+    warned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +363,15 @@ class MailStore(Protocol):
         there is no such blob (e.g. its last message has been expunged since)."""
         ...
 
+    async def read_blobs(
+        self, blob_ids: Sequence[str], *, header_only: bool = False
+    ) -> list[bytes]:
+        """Several whole messages at once (SEARCH reads thousands: one call, not one
+        hop each), in order; with `header_only` just each header section up to and
+        including its blank line (or MAX_HEADER_READ octets). A missing blob reads as
+        b"" (expunged meanwhile); a search then simply does not match it."""
+        ...
+
     async def store_flags(
         self,
         account_id: int,
@@ -393,5 +431,53 @@ class MailStore(Protocol):
         function has been called."""
         ...
 
-    # Outbound queue
-    async def list_queue(self) -> list[QueueEntry]: ...
+    # Outbound queue. Claims are leases: a worker (`owner`, unique per process, of the
+    # form "<node>/<process>") takes due entries with `claim_queue`, renews the lease
+    # while it works and reports each outcome with `update_queue`, which only touches
+    # entries it still holds. Several workers, even on several nodes, may claim at once;
+    # an entry is never held by two (one UPDATE ... RETURNING; PostgreSQL adds FOR
+    # UPDATE SKIP LOCKED to the inner SELECT).
+    async def list_queue(self) -> list[QueueEntry]:
+        """Every entry, by id."""
+        ...
+
+    async def get_queue_entry(self, entry_id: int) -> QueueEntry | None: ...
+
+    async def claim_queue(
+        self, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[QueueEntry]:
+        """Take up to `limit` entries that are due (QUEUED or DEFERRED with
+        next_attempt <= now, or DELIVERING with a lease that ended by `now`): they
+        become DELIVERING, held by `owner` until `lease_until`, attempts + 1,
+        last_attempt = now. Returned by next_attempt, then id."""
+        ...
+
+    async def renew_queue_claims(self, owner: str, lease_until: float) -> int:
+        """Extend the lease of every entry `owner` holds; returns how many."""
+        ...
+
+    async def requeue_claims(self, owner_prefix: str, keep: str) -> int:
+        """Put back (QUEUED, due at once) every DELIVERING entry whose owner starts with
+        `owner_prefix` but is not `keep`: what a previous process of this node held
+        when it died. Returns how many."""
+        ...
+
+    async def update_queue(self, owner: str, updates: Sequence[QueueUpdate]) -> list[int]:
+        """Apply outcomes to entries `owner` still holds, in one transaction, durably
+        (a DELIVERED outcome is committed before this returns: "nothing delivered
+        twice"). Returns the ids updated; an entry no longer held is left alone."""
+        ...
+
+    async def next_queue_due(self) -> float | None:
+        """When the earliest entry becomes claimable (Unix time), None if none."""
+        ...
+
+    async def retry_queue_entry(self, entry_id: int, now: float) -> QueueEntry:
+        """Make a QUEUED or DEFERRED entry due at `now`. NotFound if there is no such
+        entry; StoreError while it is being delivered."""
+        ...
+
+    async def delete_queue_entry(self, entry_id: int) -> QueueEntry:
+        """Remove an entry that is not being delivered (no DSN is sent); returns it.
+        NotFound if there is none; StoreError while it is being delivered."""
+        ...

@@ -77,11 +77,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from mailward.files import private_directory
 from mailward.store.api import (
     DEFAULT_MAILBOXES,
+    MAX_HEADER_READ,
     Account,
     Alias,
     AlreadyExists,
@@ -98,6 +99,7 @@ from mailward.store.api import (
     OverQuota,
     QueueEntry,
     QueueState,
+    QueueUpdate,
     Quota,
     SpecialUse,
     StoreError,
@@ -209,6 +211,25 @@ _Watcher = Callable[[int], None]
 def _resolve_all(answers: list[_Answer]) -> None:
     for fut, result, exc in answers:
         _resolve(fut, result, exc)
+
+
+def _read_header_section(f: BinaryIO) -> bytes:
+    """The header section of an open message file: up to and including the first empty
+    line (CRLF or bare LF), or MAX_HEADER_READ octets if there is none that early."""
+    data = b""
+    step = 16 * 1024
+    while len(data) < MAX_HEADER_READ:
+        chunk = f.read(step)
+        if not chunk:
+            return data
+        start = max(0, len(data) - 3)
+        data += chunk
+        for sep in (b"\r\n\r\n", b"\n\n"):
+            end = data.find(sep, start)
+            if end >= 0:
+                return data[: end + len(sep)]
+        step = 64 * 1024
+    return data[:MAX_HEADER_READ]
 
 
 def _db_error(exc: sqlite3.Error) -> StoreError:
@@ -1410,6 +1431,27 @@ class SqliteStore:
             self._read_pool, self._read_blob_range, blob_id, offset, length
         )
 
+    async def read_blobs(
+        self, blob_ids: Sequence[str], *, header_only: bool = False
+    ) -> list[bytes]:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._read_pool, self._read_many, list(blob_ids), header_only
+        )
+
+    def _read_many(self, blob_ids: list[str], header_only: bool) -> list[bytes]:
+        out: list[bytes] = []
+        for blob_id in blob_ids:
+            try:
+                fd = os.open(self.blobs.path(blob_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except (StoreError, OSError):
+                out.append(b"")
+                continue
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                out.append(_read_header_section(f) if header_only else f.read())
+        return out
+
     def _read_blob_range(self, blob_id: str, offset: int, length: int) -> bytes:
         try:
             path = self.blobs.path(blob_id)
@@ -1671,25 +1713,140 @@ class SqliteStore:
     async def list_queue(self) -> list[QueueEntry]:
         def q(conn: sqlite3.Connection) -> list[QueueEntry]:
             rows = conn.execute(
-                "SELECT id, sender, recipient, blob_id, state, attempts, created,"
-                " next_attempt, last_error FROM queue ORDER BY id"
+                f"SELECT {_QUEUE_COLS} FROM queue ORDER BY id"  # noqa: S608 - constant
             )
-            return [
-                QueueEntry(
-                    id=r[0],
-                    sender=r[1],
-                    recipient=r[2],
-                    blob_id=r[3],
-                    state=QueueState(r[4]),
-                    attempts=r[5],
-                    created=r[6],
-                    next_attempt=r[7],
-                    last_error=r[8],
-                )
-                for r in rows
-            ]
+            return [_queue_entry(r) for r in rows]
 
         return await self._read(q)
+
+    async def get_queue_entry(self, entry_id: int) -> QueueEntry | None:
+        def q(conn: sqlite3.Connection) -> QueueEntry | None:
+            row = conn.execute(
+                f"SELECT {_QUEUE_COLS} FROM queue WHERE id = ?",  # noqa: S608 - constant
+                (entry_id,),
+            ).fetchone()
+            return None if row is None else _queue_entry(row)
+
+        return await self._read(q)
+
+    async def claim_queue(
+        self, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[QueueEntry]:
+        if not owner:
+            raise StoreError("a queue claim needs an owner")
+
+        def op(conn: sqlite3.Connection) -> list[QueueEntry]:
+            # One statement: the inner SELECT picks due entries through the indexes
+            # (queue_due for queued/deferred, queue_lease for expired claims).
+            rows = conn.execute(
+                "UPDATE queue SET state = 'delivering', owner = ?, lease_until = ?,"  # noqa: S608
+                " attempts = attempts + 1, last_attempt = ?"
+                " WHERE id IN (SELECT id FROM ("
+                "  SELECT id, next_attempt AS due FROM queue"
+                "   WHERE state = 'queued' AND next_attempt <= ?"
+                "  UNION ALL SELECT id, next_attempt FROM queue"
+                "   WHERE state = 'deferred' AND next_attempt <= ?"
+                "  UNION ALL SELECT id, lease_until FROM queue"
+                "   WHERE state = 'delivering' AND lease_until <= ?"
+                " ) ORDER BY due, id LIMIT ?)"
+                f" RETURNING {_QUEUE_COLS}",
+                (owner, lease_until, now, now, now, now, max(0, limit)),
+            ).fetchall()
+            return sorted((_queue_entry(r) for r in rows), key=lambda e: (e.next_attempt, e.id))
+
+        return await self._write(op)
+
+    async def renew_queue_claims(self, owner: str, lease_until: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE queue SET lease_until = ? WHERE state = 'delivering' AND owner = ?",
+                (lease_until, owner),
+            )
+            return cur.rowcount
+
+        return await self._write(op)
+
+    async def requeue_claims(self, owner_prefix: str, keep: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE queue SET state = 'queued', owner = '', lease_until = 0"
+                " WHERE state = 'delivering' AND substr(owner, 1, ?) = ? AND owner != ?",
+                (len(owner_prefix), owner_prefix, keep),
+            )
+            return cur.rowcount
+
+        return await self._write(op)
+
+    async def update_queue(self, owner: str, updates: Sequence[QueueUpdate]) -> list[int]:
+        for u in updates:
+            if u.state is QueueState.DELIVERING:
+                raise StoreError("an outcome cannot be 'delivering'")
+
+        def op(conn: sqlite3.Connection) -> tuple[list[int], list[str]]:
+            done: list[int] = []
+            blobs: list[str] = []
+            for u in updates:
+                held = " WHERE id = ? AND state = 'delivering' AND owner = ?"
+                if u.state in (QueueState.DELIVERED, QueueState.FAILED):
+                    row = conn.execute(
+                        "DELETE FROM queue" + held + " RETURNING blob_id",  # noqa: S608
+                        (u.id, owner),
+                    ).fetchone()
+                    if row is not None:
+                        blobs.append(row[0])
+                else:
+                    row = conn.execute(
+                        "UPDATE queue SET state = ?, next_attempt = ?, last_error = ?,"  # noqa: S608
+                        " warned = max(warned, ?), owner = '', lease_until = 0"
+                        + held
+                        + " RETURNING id",
+                        (u.state.value, u.next_attempt, u.error[:1000], int(u.warned), u.id, owner),
+                    ).fetchone()
+                if row is not None:
+                    done.append(u.id)
+            return done, _drop_unreferenced_blobs(conn, sorted(set(blobs)))
+
+        done, gone = await self._write(op)
+        await self._unlink_blobs(gone)
+        return done
+
+    async def next_queue_due(self) -> float | None:
+        def q(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT min(due) FROM ("
+                " SELECT min(next_attempt) AS due FROM queue WHERE state = 'queued'"
+                " UNION ALL SELECT min(next_attempt) FROM queue WHERE state = 'deferred'"
+                " UNION ALL SELECT min(lease_until) FROM queue WHERE state = 'delivering')"
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._lookup(q)
+
+    async def retry_queue_entry(self, entry_id: int, now: float) -> QueueEntry:
+        def op(conn: sqlite3.Connection) -> QueueEntry:
+            _queue_row_not_delivering(conn, entry_id)
+            row = conn.execute(
+                "UPDATE queue SET state = 'queued', next_attempt = ? WHERE id = ?"  # noqa: S608
+                f" RETURNING {_QUEUE_COLS}",
+                (now, entry_id),
+            ).fetchone()
+            return _queue_entry(row)
+
+        return await self._write(op)
+
+    async def delete_queue_entry(self, entry_id: int) -> QueueEntry:
+        def op(conn: sqlite3.Connection) -> tuple[QueueEntry, list[str]]:
+            _queue_row_not_delivering(conn, entry_id)
+            row = conn.execute(
+                f"DELETE FROM queue WHERE id = ? RETURNING {_QUEUE_COLS}",  # noqa: S608
+                (entry_id,),
+            ).fetchone()
+            entry = _queue_entry(row)
+            return entry, _drop_unreferenced_blobs(conn, [entry.blob_id])
+
+        entry, gone = await self._write(op)
+        await self._unlink_blobs(gone)
+        return entry
 
     # ---- maintenance (not in the Protocol) ----------------------------------------
 
@@ -1711,6 +1868,39 @@ class SqliteStore:
             return found
 
         return await self._write(op)
+
+
+_QUEUE_COLS = (
+    "id, sender, recipient, blob_id, state, attempts, created, next_attempt, last_error,"
+    " owner, lease_until, last_attempt, warned"
+)
+
+
+def _queue_entry(r: tuple[Any, ...]) -> QueueEntry:
+    """A QueueEntry from a row of _QUEUE_COLS."""
+    return QueueEntry(
+        id=r[0],
+        sender=r[1],
+        recipient=r[2],
+        blob_id=r[3],
+        state=QueueState(r[4]),
+        attempts=r[5],
+        created=r[6],
+        next_attempt=r[7],
+        last_error=r[8],
+        owner=r[9],
+        lease_until=r[10],
+        last_attempt=r[11],
+        warned=bool(r[12]),
+    )
+
+
+def _queue_row_not_delivering(conn: sqlite3.Connection, entry_id: int) -> None:
+    row = conn.execute("SELECT state FROM queue WHERE id = ?", (entry_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no queue entry {entry_id}")
+    if row[0] == QueueState.DELIVERING.value:
+        raise StoreError(f"queue entry {entry_id} is being delivered; try again shortly")
 
 
 def _address_taken(conn: sqlite3.Connection, addr: str) -> bool:

@@ -37,6 +37,7 @@ from mailward.store.api import (
     NotFound,
     OverQuota,
     QueueState,
+    QueueUpdate,
     Quota,
     SpecialUse,
     StoreError,
@@ -730,6 +731,22 @@ async def check_read_blob(store: MailStore) -> None:
 
 
 @_check
+async def check_read_blobs(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    crlf = b"Subject: one\r\nX-A: b\r\n\r\nbody one\r\n"
+    lf = b"Subject: two\n\nbody two\n"
+    no_body = b"Subject: three\r\n"
+    ids = [
+        (await deliver_bytes(store, m, [LocalTarget(alice.id)])).blob_id
+        for m in (crlf, lf, no_body)
+    ]
+    assert await store.read_blobs(ids) == [crlf, lf, no_body]
+    headers = await store.read_blobs([*ids, "0" * 32, "../x"], header_only=True)
+    assert headers == [b"Subject: one\r\nX-A: b\r\n\r\n", b"Subject: two\n\n", no_body, b"", b""]
+    assert await store.read_blobs([]) == []
+
+
+@_check
 async def check_store_flags(store: MailStore) -> None:
     alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
     await _fill(store, alice.id, [sample_message(n) for n in range(4)])
@@ -1076,3 +1093,139 @@ async def check_imap_walled_off(store: MailStore) -> None:
     assert await store.read_message(alice.id, "INBOX", uid) == b"alice's secret\r\n"
     assert await store.read_blob(r.blob_id) == b"alice's secret\r\n"
     assert (await store.get_quota(alice.id)).used == len(b"alice's secret\r\n")
+
+
+# ---- outbound queue -----------------------------------------------------------------
+
+
+async def _queued(store: MailStore, *recipients: str, sender: str = "a@example.org") -> list[int]:
+    rcpt = await deliver_bytes(store, b"Subject: out\r\n\r\nbody\r\n", [], recipients, sender)
+    return list(rcpt.queued)
+
+
+@_check
+async def check_queue_claim_and_outcomes(store: MailStore) -> None:
+    ids = await _queued(store, "b@remote.example", "c@remote.example", "d@remote.example")
+    now = (await store.list_queue())[0].created + 1
+    assert await store.next_queue_due() is not None
+    got = await store.claim_queue("node/a", now, now + 60, 100)
+    assert [e.id for e in got] == ids
+    for e in got:
+        assert e.state is QueueState.DELIVERING and e.owner == "node/a"
+        assert e.attempts == 1 and e.lease_until == now + 60 and e.last_attempt == now
+    assert await store.claim_queue("node/b", now, now + 60, 100) == []  # held
+    # Only the holder may report outcomes.
+    assert await store.update_queue("node/b", [QueueUpdate(ids[0], QueueState.DELIVERED)]) == []
+    done = await store.update_queue(
+        "node/a",
+        [
+            QueueUpdate(ids[0], QueueState.DELIVERED),
+            QueueUpdate(ids[1], QueueState.DEFERRED, now + 300, "451 4.3.0 try later", True),
+            QueueUpdate(ids[2], QueueState.FAILED, error="550 5.1.1 no such user"),
+        ],
+    )
+    assert done == ids
+    (left,) = await store.list_queue()
+    assert left.id == ids[1] and left.state is QueueState.DEFERRED
+    assert left.next_attempt == now + 300 and left.last_error == "451 4.3.0 try later"
+    assert left.owner == "" and left.warned and left.attempts == 1
+    assert await store.get_queue_entry(ids[1]) == left
+    assert await store.get_queue_entry(ids[0]) is None
+    assert await store.next_queue_due() == now + 300
+    assert await store.claim_queue("node/a", now + 299, now + 400, 100) == []
+    (again,) = await store.claim_queue("node/b", now + 300, now + 400, 100)
+    assert again.id == ids[1] and again.attempts == 2 and again.warned
+    await _raises(
+        StoreError,
+        store.update_queue("node/b", [QueueUpdate(ids[1], QueueState.DELIVERING)]),
+    )
+    # The last entry of a message going takes its blob with it.
+    blob = again.blob_id
+    assert await store.update_queue("node/b", [QueueUpdate(ids[1], QueueState.DELIVERED)])
+    assert await store.list_queue() == []
+    assert await store.next_queue_due() is None
+    await _raises(NotFound, store.read_blob(blob))
+
+
+@_check
+async def check_queue_claim_limit_and_order(store: MailStore) -> None:
+    first = await _queued(store, "b@remote.example", "c@remote.example")
+    second = await _queued(store, "d@remote.example")
+    now = max(e.created for e in await store.list_queue()) + 1
+    got = await store.claim_queue("n/a", now, now + 60, 2)
+    assert [e.id for e in got] == first
+    (rest,) = await store.claim_queue("n/b", now, now + 60, 2)
+    assert rest.id == second[0]
+    assert await store.claim_queue("n/c", now, now + 60, 0) == []
+
+
+@_check
+async def check_queue_lease_expiry(store: MailStore) -> None:
+    (qid,) = await _queued(store, "b@remote.example")
+    now = (await store.list_queue())[0].created + 1
+    (first,) = await store.claim_queue("n1/a", now, now + 10, 10)
+    assert first.id == qid
+    assert await store.next_queue_due() == now + 10
+    assert await store.renew_queue_claims("n1/a", now + 20) == 1
+    assert await store.claim_queue("n2/b", now + 15, now + 60, 10) == []
+    (b,) = await store.claim_queue("n2/b", now + 20, now + 60, 10)  # lease ran out
+    assert b.id == qid and b.owner == "n2/b" and b.attempts == 2
+    # The first worker lost its claim: its outcome is ignored.
+    assert await store.update_queue("n1/a", [QueueUpdate(qid, QueueState.DELIVERED)]) == []
+    assert await store.renew_queue_claims("n1/a", now + 99) == 0
+    assert (await store.list_queue())[0].owner == "n2/b"
+
+
+@_check
+async def check_queue_requeue_claims(store: MailStore) -> None:
+    ids = await _queued(store, "b@remote.example", "c@remote.example", "d@remote.example")
+    now = (await store.list_queue())[0].created + 1
+    await store.claim_queue("node1/old", now, now + 3600, 1)
+    await store.claim_queue("node1/new", now, now + 3600, 1)
+    await store.claim_queue("node2/x", now, now + 3600, 1)
+    assert await store.requeue_claims("node1/", keep="node1/new") == 1
+    states = {e.id: (e.state, e.owner) for e in await store.list_queue()}
+    assert states == {
+        ids[0]: (QueueState.QUEUED, ""),
+        ids[1]: (QueueState.DELIVERING, "node1/new"),
+        ids[2]: (QueueState.DELIVERING, "node2/x"),
+    }
+    (again,) = await store.claim_queue("node1/new", now, now + 3600, 10)
+    assert again.id == ids[0]
+
+
+@_check
+async def check_queue_concurrent_claims(store: MailStore) -> None:
+    ids = await _queued(store, *(f"r{n}@remote.example" for n in range(12)))
+    now = (await store.list_queue())[0].created + 1
+    claims = await asyncio.gather(
+        *(store.claim_queue(f"n/{w}", now, now + 60, 3) for w in range(6))
+    )
+    taken = [e.id for batch in claims for e in batch]
+    assert sorted(taken) == ids  # every entry claimed exactly once
+
+
+@_check
+async def check_queue_retry_and_delete(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    rcpt = await deliver_bytes(
+        store, b"shared\r\n", [LocalTarget(alice.id)], ["b@remote.example", "c@remote.example"]
+    )
+    b, c = rcpt.queued
+    now = (await store.list_queue())[0].created + 1
+    await store.claim_queue("n/a", now, now + 60, 1)
+    await store.update_queue("n/a", [QueueUpdate(b, QueueState.DEFERRED, now + 3600, "timeout")])
+    retried = await store.retry_queue_entry(b, now + 5)
+    assert retried.state is QueueState.QUEUED and retried.next_attempt == now + 5
+    await _raises(NotFound, store.retry_queue_entry(10_000, now))
+    (held,) = await store.claim_queue("n/a", now, now + 60, 1)
+    await _raises(StoreError, store.retry_queue_entry(held.id, now))
+    await _raises(StoreError, store.delete_queue_entry(held.id))
+    await store.update_queue("n/a", [QueueUpdate(held.id, QueueState.QUEUED, now)])
+    gone = await store.delete_queue_entry(b)
+    assert gone.id == b and gone.recipient == "b@remote.example"
+    await _raises(NotFound, store.delete_queue_entry(b))
+    await store.delete_queue_entry(c)
+    assert await store.list_queue() == []
+    # The local copy still references the blob: it stays.
+    assert await store.read_blob(rcpt.blob_id) == b"shared\r\n"
