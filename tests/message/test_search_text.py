@@ -171,3 +171,15 @@ def test_encoded_words_never_raise(words: list[tuple[str, str, bytes]]) -> None:
         for charset, kind, text in words
     )
     assert isinstance(decode_header_value(raw), str)
+
+
+def test_header_search_prefilter_keeps_folded_and_encoded_matches() -> None:
+    folded = b"Subject: quarterly\r\n figures are in\r\nFrom: a@b.c\r\n\r\nbody\r\n"
+    root = parse(folded)
+    assert header_matches(folded, root, "subject", "quarterly figures")
+    assert header_matches(folded, root, "SUBJECT", "FIGURES ARE")
+    assert not header_matches(folded, root, "subject", "a@b.c")
+    encoded = b"Subject: =?UTF-8?Q?caf=C3=A9_menu?=\r\n\r\n"
+    assert header_matches(encoded, parse(encoded), "subject", "caf\u00e9 MENU")
+    kelvin = "Subject: 300 \u212a\r\n\r\n".encode()  # KELVIN SIGN casefolds to "k"
+    assert header_matches(kelvin, parse(kelvin), "subject", "300 k")

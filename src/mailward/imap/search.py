@@ -156,17 +156,28 @@ class _Loaded:
         return self._root
 
     @property
+    def header_end(self) -> int:
+        """End of the top-level header section, found without a MIME parse."""
+        if self._root is not None:
+            return self._root.header_end
+        for separator in (b"\r\n\r\n", b"\n\n"):
+            end = self.data.find(separator)
+            if end >= 0:
+                return end + len(separator)
+        return len(self.data)
+
+    @property
     def sent_date(self) -> datetime.date | None:
         if not self._sent_done:
-            self._sent = _sent_date(self.data, self.root)
+            self._sent = _sent_date(self.data, self.header_end)
             self._sent_done = True
         return self._sent
 
 
-def _sent_date(data: bytes, root: mime.Part) -> datetime.date | None:
+def _sent_date(data: bytes, header_end: int) -> datetime.date | None:
     """The calendar date of the first Date: field in its own zone (RFC 5322 3.3), or
     None when there is none or it does not parse."""
-    for name, value in mime.header_fields(data, root.start, root.header_end):
+    for name, value in mime.header_fields(data, 0, header_end):
         if name.lower() != b"date":
             continue
         text = mime.unfold(value).decode("ascii", "replace")
@@ -250,7 +261,9 @@ class _Evaluator:
 
     def _content(self, key: SearchKey, message: _Loaded) -> bool:
         if isinstance(key, SearchHeader):
-            return search_text.header_matches(message.data, message.root, key.name, key.value)
+            return search_text.header_section_matches(
+                message.data, 0, message.header_end, key.name, key.value
+            )
         if isinstance(key, SearchBody):
             return search_text.body_matches(message.data, message.root, key.text)
         if isinstance(key, SearchText):

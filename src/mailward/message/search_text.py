@@ -30,6 +30,7 @@ from mailward.message.mime import (
     unfold,
 )
 
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([BbQq])\?([^?\s]*)\?=")
 
 
@@ -67,11 +68,26 @@ def _decode_word(encoding: bytes, text: bytes) -> bytes:
 def header_matches(data: bytes, root: Part, name: str, needle: str) -> bool:
     """SEARCH HEADER: some field `name` of the message header contains `needle`; an
     empty needle matches any message that has the field."""
-    wanted = name.lower().encode("utf-8", "replace")
+    return header_section_matches(data, root.start, root.header_end, name, needle)
+
+
+def header_section_matches(data: bytes, start: int, end: int, name: str, needle: str) -> bool:
+    """`header_matches` on the header section data[start:end], without a MIME parse.
+
+    Most headers are plain ASCII without encoded words; for those, decoding is the
+    identity and case folding is lower-casing, so when the needle does not occur in
+    the lower-cased section no field can match and the fields need not be split."""
     folded = needle.casefold()
+    wanted = name.lower().encode("utf-8", "replace")
+    if folded and folded.isascii():
+        section = data[start:end]
+        if section.isascii() and b"=?" not in section:
+            lowered = _FOLD.sub(b"", section).lower()  # RFC 5322 2.2.3 unfolding
+            if folded.encode() not in lowered or wanted not in lowered:
+                return False
     return any(
         folded in decode_header_value(value).casefold()
-        for field, value in header_fields(data, root.start, root.header_end)
+        for field, value in header_fields(data, start, end)
         if field.lower() == wanted
     )
 
