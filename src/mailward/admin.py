@@ -1,4 +1,4 @@
-"""Administrative operations: what `mailward init/user/alias/domain/export/import` do.
+"""Administrative operations: what `mailward init/user/alias/domain/dns/dkim/export/import` do.
 
 The CLI (`cli/main.py`) only parses arguments, calls one function here and renders the
 result; everything with a rule in it lives here, over the `MailStore` Protocol, so the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import os
 import re
@@ -39,6 +40,7 @@ from mailward.store.api import (
     LocalTarget,
     MailStore,
     NotFound,
+    QueueEntry,
     StoreError,
     canonical_address,
 )
@@ -404,6 +406,160 @@ async def list_domains(store: MailStore) -> list[str]:
     return sorted(await store.list_domains())
 
 
+# --------------------------------------------------------------------------- DNS, DKIM rotation
+
+MTA_STS_TESTING_MAX_AGE = 86400  # one day while in mode testing; raise it with enforce
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    purpose: str  # MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, DANE
+    name: str  # without the final dot
+    rtype: str
+    value: str  # TXT values whole: split into <=255-octet strings for a zone file
+
+
+@dataclass(frozen=True)
+class DnsPlan:
+    """Everything to publish for a domain: `mailward dns`."""
+
+    domain: str
+    hostname: str
+    records: list[DnsRecord]
+    mta_sts_url: str
+    mta_sts_policy: str
+    notes: list[str]
+
+
+def mta_sts_policy_text(hostname: str, *, mode: str = "testing", max_age: int = 0) -> str:
+    """An RFC 8461 3.2 policy file allowing only `hostname` as MX."""
+    age = max_age or MTA_STS_TESTING_MAX_AGE
+    return f"version: STSv1\nmode: {mode}\nmx: {hostname}\nmax_age: {age}\n"
+
+
+def mta_sts_id(policy_text: str) -> str:
+    """The `id=` for the `_mta-sts` TXT record: from the policy content, so it changes
+    exactly when the policy does (RFC 8461 3.1: 1-32 letters and digits)."""
+    return hashlib.sha256(policy_text.encode("utf-8")).hexdigest()[:20]
+
+
+def _spf_value(config: Config) -> str:
+    # RFC 7208: only our MX hosts send for the domain; the listen address too when it
+    # is a public one (an "mx" lookup costs the receiver a DNS query, ip4/ip6 none).
+    address = config.listen.address
+    if address:
+        ip = ipaddress.ip_address(address)
+        if ip.is_global:
+            return f"v=spf1 mx ip{ip.version}:{ip} -all"
+    return "v=spf1 mx -all"
+
+
+def _tlsa_value(cert_path: Path) -> str:
+    from mailward.crypto import x509
+    from mailward.queue import dane
+
+    digest = dane.association(x509.leaf_der_from_pem(cert_path), 1, 1)
+    return f"3 1 1 {digest.hex()}"  # DANE-EE, SPKI, SHA-256: RFC 7671 5.1 recommends it
+
+
+def _purpose(name: str, rtype: str, value: str) -> str:
+    if rtype == "MX":
+        return "MX"
+    if value.startswith("v=spf1"):
+        return "SPF"
+    if "._domainkey." in name:
+        return "DKIM"
+    if name.startswith("_dmarc."):
+        return "DMARC"
+    return rtype
+
+
+async def dns_plan(store: MailStore, data_dir: Path, domain: str, config: Config) -> DnsPlan:
+    """The DNS records (and MTA-STS policy file) to publish for a local domain."""
+    from mailward.crypto import dkim
+
+    dom = check_domain(domain)
+    if not await store.is_local_domain(dom):
+        raise AdminError(f"{dom} is not a local domain (add it first: mailward domain add {dom})")
+    hostname = config.server.hostname.rstrip(".").lower()
+    records: list[DnsRecord] = []
+    for name, rtype, value in await _domain_records(data_dir, dom, hostname):
+        purpose = _purpose(name, rtype, value)
+        if purpose == "SPF":
+            value = _spf_value(config)
+        records.append(DnsRecord(purpose, name.rstrip("."), rtype, value))
+    policy = mta_sts_policy_text(hostname)
+    url = f"https://mta-sts.{dom}/.well-known/mta-sts.txt"
+    records.append(
+        DnsRecord("MTA-STS", f"_mta-sts.{dom}", "TXT", f"v=STSv1; id={mta_sts_id(policy)}")
+    )
+    records.append(
+        DnsRecord("TLS-RPT", f"_smtp._tls.{dom}", "TXT", f"v=TLSRPTv1; rua=mailto:tlsrpt@{dom}")
+    )
+    notes = [
+        "DMARC starts at p=quarantine: mail failing SPF and DKIM goes to spam instead of "
+        f"vanishing while the aggregate reports (to postmaster@{dom}) show who sends as "
+        f"{dom}; move to p=reject once they list only this server (RFC 7489 6.3).",
+        f"MTA-STS: serve the policy below at {url} (HTTPS, a certificate valid for "
+        f"mta-sts.{dom}, Content-Type text/plain, no redirect). It starts in mode "
+        "testing: once TLS-RPT reports show no failures, change it to mode: enforce and "
+        "max_age: 604800 or more, and publish the new id `mailward dns` prints (RFC 8461).",
+        f"TLS-RPT reports (RFC 8460) go to tlsrpt@{dom}: make it reach someone, e.g. "
+        f"mailward alias add tlsrpt@{dom} you@{dom}",
+    ]
+    cert_path = data_dir / config.tls.cert
+    try:
+        tlsa = await asyncio.to_thread(_tlsa_value, cert_path)
+    except ValueError as exc:  # x509.CertificateError
+        notes.append(f"DANE: no TLSA record: {exc}")
+    else:
+        records.append(DnsRecord("DANE", f"_25._tcp.{hostname}", "TLSA", tlsa))
+        notes.append(
+            f"DANE (RFC 7672): the TLSA record counts only if {hostname}'s zone is "
+            "DNSSEC-signed. It pins the key of the certificate in "
+            f"{config.tls.cert}: keep the key when renewing (certbot --reuse-key), or "
+            "publish the new key's record and wait a TTL before switching (RFC 7671 8.1)."
+        )
+    dkim_keys = [r for r in records if r.purpose == "DKIM"]
+    if len(dkim_keys) > 2:
+        keys = await asyncio.to_thread(dkim.load_domain_keys, data_dir, dom)
+        old = ", ".join(k.selector for k in keys[2:])
+        notes.append(
+            f"DKIM: retired selectors {old} are listed while their key files remain in "
+            f"{data_dir / 'dkim' / dom}; delete the files (and the records) when no mail "
+            "signed with them can still be in transit (a week is plenty)."
+        )
+    return DnsPlan(dom, hostname, records, url, policy, notes)
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    domain: str
+    selectors: list[str]  # the new signing pair, [Ed25519, RSA]
+    records: list[DnsRecord]  # their DKIM records
+    retired: list[Path]  # older key files still on disk
+
+
+async def rotate_dkim(store: MailStore, data_dir: Path, domain: str) -> RotateResult:
+    """New DKIM key pair for a local domain, signing from now on; old keys are kept."""
+    from mailward.crypto import dkim
+
+    dom = check_domain(domain)
+    if not await store.is_local_domain(dom):
+        raise AdminError(f"{dom} is not a local domain")
+    try:
+        keys = await asyncio.to_thread(dkim.rotate_domain_keys, data_dir, dom)
+        every = await asyncio.to_thread(dkim.load_domain_keys, data_dir, dom)
+    except dkim.DkimKeyError as exc:
+        raise OperationFailed(f"DKIM key: {exc}") from None
+    selectors = [k.selector for k in keys]
+    records = [
+        DnsRecord("DKIM", f"{k.selector}._domainkey.{dom}", "TXT", k.public_record) for k in keys
+    ]
+    retired = sorted(k.private_key_path for k in every if k.selector not in selectors)
+    return RotateResult(dom, selectors, records, retired)
+
+
 # --------------------------------------------------------------------------- export / import
 
 
@@ -531,3 +687,66 @@ async def import_messages(
             with contextlib.suppress(Exception):
                 await task
     return result
+
+
+# --------------------------------------------------------------------------- outbound queue
+
+QUEUE_SHOWN_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID")
+
+
+@dataclass(frozen=True)
+class QueueDetail:
+    entry: QueueEntry
+    headers: list[tuple[str, str]]  # a few header fields of the message, never its body
+
+
+def parse_queue_id(text: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or len(value) > 18:
+        raise AdminError(f"not a queue entry id: {text!r} (see: mailward queue list)")
+    return int(value)
+
+
+async def queue_list(store: MailStore) -> list[QueueEntry]:
+    """Every outbound entry (one per recipient), oldest first."""
+    return await store.list_queue()
+
+
+async def queue_show(store: MailStore, entry_id: int) -> QueueDetail:
+    from mailward.message.headers import (
+        MAX_HEADER_SECTION,
+        HeaderSectionTooLarge,
+        header_section,
+        header_values,
+    )
+
+    entry = await store.get_queue_entry(entry_id)
+    if entry is None:
+        raise AdminError(f"no queue entry {entry_id}")
+    headers: list[tuple[str, str]] = []
+    try:
+        head = await store.read_blob(entry.blob_id, 0, MAX_HEADER_SECTION + 4)
+        section = header_section(head, complete=len(head) <= MAX_HEADER_SECTION)
+    except (StoreError, HeaderSectionTooLarge):
+        section = b""
+    for name in QUEUE_SHOWN_HEADERS:
+        headers += [(name, value[:200]) for value in header_values(section, name)]
+    return QueueDetail(entry, headers)
+
+
+async def queue_retry(store: MailStore, entry_id: int) -> QueueEntry:
+    """Make a waiting entry due now (a running server tries it within a second)."""
+    import time
+
+    try:
+        return await store.retry_queue_entry(entry_id, time.time())
+    except NotFound:
+        raise AdminError(f"no queue entry {entry_id}") from None
+
+
+async def queue_delete(store: MailStore, entry_id: int) -> QueueEntry:
+    """Remove an entry without delivering it; no DSN is sent."""
+    try:
+        return await store.delete_queue_entry(entry_id)
+    except NotFound:
+        raise AdminError(f"no queue entry {entry_id}") from None

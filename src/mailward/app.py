@@ -25,6 +25,9 @@ from mailward.net.listener import MailService
 from mailward.net.pop3_listener import pop3_services, pop3_session_factory
 from mailward.net.smtp_server import smtp_services, smtp_session_factory
 from mailward.pipeline.runner import Pipeline
+from mailward.queue.mta_sts import MtaStsCache
+from mailward.queue.worker import QueueWorker, WorkerConfigError, WorkerSettings
+from mailward.resolver import DnsResolver
 from mailward.store.api import MailStore
 
 SHUTDOWN_GRACE = 30.0
@@ -59,6 +62,12 @@ def serve(data_dir: Path) -> int:
     except (TlsConfigError, OSError, ValueError) as exc:
         print(f"mailward: error: {config_path}: tls: {exc}", file=sys.stderr)
         return 2
+    try:
+        # Reads the smarthost password now, once (never logged).
+        delivery = WorkerSettings.from_config(config, data_dir)
+    except WorkerConfigError as exc:
+        print(f"mailward: error: {config_path}: {exc}", file=sys.stderr)
+        return 2
     # asyncio reports every failed client TLS handshake as an error: they are the
     # client's problem, logged by us as events where it matters.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
@@ -67,10 +76,12 @@ def serve(data_dir: Path) -> int:
         config.log.level,
         flush_interval=LOG_FLUSH_INTERVAL,
     )
-    return asyncio.run(_serve(data_dir, config, tls, log))
+    return asyncio.run(_serve(data_dir, config, tls, log, delivery))
 
 
-async def _serve(data_dir: Path, config: Config, tls: object, log: EventLog) -> int:
+async def _serve(
+    data_dir: Path, config: Config, tls: object, log: EventLog, delivery: WorkerSettings
+) -> int:
     import ssl
 
     assert isinstance(tls, ssl.SSLContext)
@@ -82,7 +93,9 @@ async def _serve(data_dir: Path, config: Config, tls: object, log: EventLog) -> 
         lockout_seconds=config.auth.lockout_seconds,
     )
     authenticator = Authenticator(store, hasher, log, policy)
-    smtp = smtp_services(config, tls, store, Pipeline(store, log), authenticator, log)
+    resolver = DnsResolver(config.dns.resolvers, timeout=config.dns.timeout)
+    pipeline = Pipeline(store, log, resolver=resolver, hostname=config.server.hostname)
+    smtp = smtp_services(config, tls, store, pipeline, authenticator, log)
     factory = smtp_session_factory(config, smtp)
     imap = imap_session_factory(imap_services(config, tls, store, authenticator, log))
     pop3 = pop3_session_factory(pop3_services(config, tls, store, authenticator, log))
@@ -107,9 +120,15 @@ async def _serve(data_dir: Path, config: Config, tls: object, log: EventLog) -> 
         listeners={s.name: s.port for s in specs},
     )
     flusher = asyncio.create_task(_flush_periodically(log))
+    # Outbound delivery starts once the listeners are bound (a second `serve` on the
+    # same data directory fails to bind and never takes back this one's claims).
+    sts = MtaStsCache(data_dir / "mta-sts")
+    worker = QueueWorker(store, resolver, log, delivery, sts=sts)
+    pipeline.on_queued = worker.wake
+    await worker.start()
     await stop.wait()
     log.info("server.stopping", sessions=len(service.sessions))
-    await service.stop(grace=SHUTDOWN_GRACE)
+    await asyncio.gather(service.stop(grace=SHUTDOWN_GRACE), worker.stop(grace=SHUTDOWN_GRACE))
     await store.close()
     hasher.close()
     log.info("server.stopped")

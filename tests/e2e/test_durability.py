@@ -42,14 +42,18 @@ _MARKER = re.compile(rb"X-Durability-Marker: (\S+)\r\n")
 
 
 def strip_trace(stored: bytes) -> bytes:
-    """Drop the Return-Path and Received fields (with folded lines) mailward prepends."""
+    """Drop the Return-Path, Authentication-Results (MX port) and Received fields (with
+    folded lines) mailward prepends."""
     pos, names = 0, list[bytes]()
     while True:
         end = stored.index(b"\r\n", pos) + 2
         line = stored[pos:end]
         if line[:1] not in (b" ", b"\t"):
-            if len(names) == 2:
-                assert names == [b"return-path", b"received"], names
+            if names[-1:] == [b"received"]:
+                assert names in (
+                    [b"return-path", b"received"],
+                    [b"return-path", b"authentication-results", b"received"],
+                ), names
                 return stored[pos:]
             names.append(line.partition(b":")[0].lower())
         pos = end

@@ -17,7 +17,8 @@ clients and servers:
 Every message carries a unique Message-ID, which is how the tests match a client's
 copy to the server's. What the server holds is read with imaplib
 `UID FETCH 1:* (FLAGS)` / `(BODY.PEEK[])`; SMTP deliveries are the sent bytes behind
-mailward's trace block (Return-Path + Received), APPENDs are the appended bytes.
+mailward's trace block (Return-Path, Authentication-Results, Received), APPENDs are the
+appended bytes.
 """
 
 from __future__ import annotations
@@ -438,7 +439,13 @@ def server_snapshot(srv: RunningServer) -> dict[str, dict[int, Held]]:
         client.logout()
 
 
-TRACE = re.compile(rb"\AReturn-Path: <[^>\r\n]*>\r\nReceived: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
+# mailward's trace block: Return-Path, the Authentication-Results of its MX checks,
+# then its Received (each possibly folded).
+TRACE = re.compile(
+    rb"\AReturn-Path: <[^>\r\n]*>\r\n"
+    rb"(?:Authentication-Results: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)?"
+    rb"Received: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*"
+)
 
 
 def assert_server_holds(srv: RunningServer, corpus: Corpus) -> None:

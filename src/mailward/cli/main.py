@@ -294,6 +294,73 @@ def cmd_domain_list(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_dns(args: argparse.Namespace, ctx: Context) -> int:
+    data_dir = _initialised(args)
+    config = _load(data_dir)
+
+    async def go() -> admin.DnsPlan:
+        async with admin.opened_store(data_dir) as store:
+            return await admin.dns_plan(store, data_dir, args.domain, config)
+
+    plan = ctx.run(go())
+    if args.json:
+        data = {
+            "domain": plan.domain,
+            "hostname": plan.hostname,
+            "records": [
+                {"purpose": r.purpose, "name": r.name, "type": r.rtype, "value": r.value}
+                for r in plan.records
+            ],
+            "mta_sts_policy": {"url": plan.mta_sts_url, "content": plan.mta_sts_policy},
+            "notes": plan.notes,
+        }
+        _out(json.dumps(data, indent=2))
+        return 0
+    rows = [(r.purpose, f"{r.name}.", r.rtype, _zone_value(r.rtype, r.value)) for r in plan.records]
+    widths = [
+        max(len(row[i]) for row in [("PURPOSE", "NAME", "TYPE", ""), *rows]) for i in range(3)
+    ]
+    _out(f"DNS records to publish for {plan.domain} (TTL 3600 is a good default):")
+    _out()
+    for purpose, name, rtype, value in [("PURPOSE", "NAME", "TYPE", "VALUE"), *rows]:
+        cells = [purpose.ljust(widths[0]), name.ljust(widths[1]), rtype.ljust(widths[2]), value]
+        _out("  ".join(cells))
+    _out()
+    _out(f"MTA-STS policy file, to serve at {plan.mta_sts_url}:")
+    _out()
+    for line in plan.mta_sts_policy.splitlines():
+        _out(f"    {line}")
+    _out()
+    _out("notes:")
+    for note in plan.notes:
+        _out(f"  - {note}")
+    return 0
+
+
+def cmd_dkim_rotate(args: argparse.Namespace, ctx: Context) -> int:
+    data_dir = _initialised(args)
+
+    async def go() -> admin.RotateResult:
+        async with admin.opened_store(data_dir) as store:
+            return await admin.rotate_dkim(store, data_dir, args.domain)
+
+    result = ctx.run(go())
+    _out(
+        f"new DKIM keys for {result.domain}: signing with {', '.join(result.selectors)} from now on"
+    )
+    _print_records(result.domain, [(r.name, r.rtype, r.value) for r in result.records])
+    _out(
+        "publish them now: until they are visible, receivers cannot verify the new "
+        "signatures (SPF still passes for mail sent directly)"
+    )
+    if result.retired:
+        _out("older keys kept, so mail they signed still verifies; keep their records too,")
+        _out("and after a week delete these files and their DNS records:")
+        for path in result.retired:
+            _out(f"  {path}")
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace, ctx: Context) -> int:
     from mailward.config.load import config_as_dict, render_toml
 
@@ -380,6 +447,85 @@ def cmd_import(args: argparse.Namespace, ctx: Context) -> int:
         f"{args.address.lower()} {args.mailbox}"
         + (f"; skipped {skipped} malformed (see above)" if skipped else "")
     )
+    return 0
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
+
+
+def _queue_store(args: argparse.Namespace, ctx: Context, use: Callable[[Any], Any]) -> Any:
+    data_dir = _initialised(args)
+
+    async def go() -> Any:
+        async with admin.opened_store(data_dir) as store:
+            return await use(store)
+
+    return ctx.run(go())
+
+
+def cmd_queue_list(args: argparse.Namespace, ctx: Context) -> int:
+    entries = _queue_store(args, ctx, admin.queue_list)
+    if args.json:
+        rows = [
+            {
+                "id": e.id,
+                "state": e.state.value,
+                "sender": e.sender,
+                "recipient": e.recipient,
+                "attempts": e.attempts,
+                "created": e.created,
+                "next_attempt": e.next_attempt,
+                "last_error": e.last_error,
+            }
+            for e in entries
+        ]
+        _out(json.dumps(rows, indent=2))
+        return 0
+    if not entries:
+        _out("the outbound queue is empty")
+        return 0
+    for e in entries:
+        _out(
+            f"{e.id}  {e.state.value:<10}  <{e.sender}> -> <{e.recipient}>  "
+            f"tries {e.attempts}  next {_when(e.next_attempt)}"
+        )
+        if e.last_error:
+            _out(f"    last error: {e.last_error}")
+    _out(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+    return 0
+
+
+def cmd_queue_show(args: argparse.Namespace, ctx: Context) -> int:
+    entry_id = admin.parse_queue_id(args.id)
+    detail = _queue_store(args, ctx, lambda store: admin.queue_show(store, entry_id))
+    e = detail.entry
+    _out(f"id:           {e.id}")
+    _out(f"state:        {e.state.value}")
+    _out(f"sender:       <{e.sender}>")
+    _out(f"recipient:    <{e.recipient}>")
+    _out(f"queued:       {_when(e.created)}")
+    _out(f"attempts:     {e.attempts}")
+    _out(f"last attempt: {_when(e.last_attempt)}")
+    _out(f"next attempt: {_when(e.next_attempt)}")
+    _out(f"delay warned: {'yes' if e.warned else 'no'}")
+    _out(f"last error:   {e.last_error or '-'}")
+    for name, value in detail.headers:
+        _out(f"{name}: {value}")
+    return 0
+
+
+def cmd_queue_retry(args: argparse.Namespace, ctx: Context) -> int:
+    entry_id = admin.parse_queue_id(args.id)
+    _queue_store(args, ctx, lambda store: admin.queue_retry(store, entry_id))
+    _out(f"queue entry {entry_id} is due now (a running server tries it within seconds)")
+    return 0
+
+
+def cmd_queue_delete(args: argparse.Namespace, ctx: Context) -> int:
+    entry_id = admin.parse_queue_id(args.id)
+    e = _queue_store(args, ctx, lambda store: admin.queue_delete(store, entry_id))
+    _out(f"deleted queue entry {e.id} (<{e.sender}> -> <{e.recipient}>); no DSN was sent")
     return 0
 
 
@@ -571,6 +717,34 @@ def build_parser() -> argparse.ArgumentParser:
         "mailward domain list --data DIR",
     )
 
+    p = command(
+        commands,
+        "dns",
+        cmd_dns,
+        "print every DNS record to publish for a domain",
+        "Print the records a local DOMAIN needs: MX, SPF, DKIM (every selector on disk),\n"
+        "DMARC (p=quarantine to start), MTA-STS (the _mta-sts TXT record and the policy\n"
+        "file to serve over HTTPS, mode testing to start), TLS-RPT, and the DANE TLSA\n"
+        "record (3 1 1) of the configured TLS certificate; with notes on each.",
+        "mailward dns example.org --data DIR",
+        "mailward dns example.org --json --data DIR",
+    )
+    p.add_argument("domain")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    dkim_group = group("dkim", "rotate DKIM keys", "DKIM signing keys (RFC 6376, RFC 8463).")
+    p = command(
+        dkim_group,
+        "rotate",
+        cmd_dkim_rotate,
+        "make a new DKIM key pair the signing one",
+        "Create a new Ed25519 and RSA key pair for DOMAIN under new selectors, sign with\n"
+        "them from now on, and print their DNS records. The old keys are kept (mail in\n"
+        "transit still verifies) until you delete their files.",
+        "mailward dkim rotate example.org --data DIR",
+    )
+    p.add_argument("domain")
+
     config = group("config", "show or change the configuration", "The mailward.toml file.")
     p = command(
         config,
@@ -594,6 +768,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("key", help="section.key, e.g. listen.port_offset")
     p.add_argument("value")
+
+    queue = group(
+        "queue",
+        "list, show, retry, delete outbound mail",
+        "The outbound queue: one entry per remote recipient of each message.",
+    )
+    p = command(
+        queue,
+        "list",
+        cmd_queue_list,
+        "list queued outbound mail",
+        "List every queue entry: id, state (queued, deferred, delivering), envelope,\n"
+        "attempts, next attempt and the last error.",
+        "mailward queue list --data DIR",
+        "mailward queue list --json --data DIR",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command(
+        queue,
+        "show",
+        cmd_queue_show,
+        "show one queue entry",
+        "Show one entry in full, with the message's From, To, Subject, Date and\n"
+        "Message-ID (never its body).",
+        "mailward queue show 42 --data DIR",
+    )
+    p.add_argument("id")
+    p = command(
+        queue,
+        "retry",
+        cmd_queue_retry,
+        "try a waiting entry again now",
+        "Make a queued or deferred entry due now, whatever its retry schedule says.",
+        "mailward queue retry 42 --data DIR",
+    )
+    p.add_argument("id")
+    p = command(
+        queue,
+        "delete",
+        cmd_queue_delete,
+        "remove an entry without delivering it",
+        "Remove an entry that is not being delivered right now. No DSN is sent.",
+        "mailward queue delete 42 --data DIR",
+    )
+    p.add_argument("id")
 
     p = command(
         commands,

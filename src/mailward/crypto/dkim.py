@@ -10,6 +10,17 @@ selectors and old signatures stay verifiable while their records remain publishe
 The public record is derived from the private key when loading, so there is one
 file to protect and nothing to keep in step.
 
+Rotation (`rotate_domain_keys`, `mailward dkim rotate`; NIST SP 800-177r1 and
+M3AAWG advise replacing DKIM keys periodically): a new selector pair is created next
+to the old one and recorded as the signing pair in
+`<data_dir>/dkim/<domain>/current.json` (`{"selectors": ["<stem>e", "<stem>r"]}`,
+mode 0600, written atomically). Old keys stay until the administrator removes their
+files, so their DNS records can stay published while mail signed with them is still
+in transit. A directory without `current.json` (made before rotation existed, or by
+`generate_domain_keys` alone) signs with its newest selector pair, as before. The
+file is read on every `load_domain_keys`, so a running server picks up a rotation
+without a restart.
+
 dkimpy's formats: for RSA it takes the PEM itself (PKCS#1 or PKCS#8); for Ed25519
 it takes the base64 of the raw 32-byte seed (`nacl.signing.SigningKey` with a base64
 encoder). `sign_message` does that conversion here, so no private key leaves this
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import re
 import stat
 from collections.abc import Sequence
@@ -39,6 +51,7 @@ _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
 _SELECTOR = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+CURRENT_FILE = "current.json"
 
 
 class DkimKeyError(Exception):
@@ -139,10 +152,25 @@ def _read_private_key(path: Path) -> ed25519.Ed25519PrivateKey | rsa.RSAPrivateK
     return key
 
 
-def load_domain_keys(data_dir: Path, domain: str) -> list[DkimKey]:
-    """The keys on disk for `domain`, newest selector first, Ed25519 before RSA.
+def _current_selectors(directory: Path) -> set[str]:
+    """The selectors `current.json` names, if it names any (else the empty set)."""
+    try:
+        data = json.loads((directory / CURRENT_FILE).read_text(encoding="utf-8"))
+        selectors = data["selectors"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()  # none yet (or unreadable): the newest pair signs
+    if not isinstance(selectors, list):
+        return set()
+    return {s for s in selectors if isinstance(s, str) and _SELECTOR.match(s)}
 
-    An empty list if there are none; DkimKeyError for an unreadable or unsafe file.
+
+def load_domain_keys(data_dir: Path, domain: str) -> list[DkimKey]:
+    """The keys on disk for `domain`: the current (signing) pair first, then the
+    others newest selector first; Ed25519 before RSA within a pair.
+
+    Sign with the first Ed25519 and the first RSA key (`signing_keys`); the rest are
+    retired keys whose DNS records may still be published. An empty list if there are
+    none; DkimKeyError for an unreadable or unsafe file.
     """
     domain = _check_domain(domain)
     directory = data_dir / "dkim" / domain
@@ -158,7 +186,42 @@ def load_domain_keys(data_dir: Path, domain: str) -> list[DkimKey]:
             "ed25519" if isinstance(private_key, ed25519.Ed25519PrivateKey) else "rsa"
         )
         keys.append(DkimKey(domain, selector, algorithm, path, _public_record(private_key)))
-    keys.sort(key=lambda k: (k.selector[:-1], k.algorithm == "ed25519"), reverse=True)
+    current = _current_selectors(directory) & {k.selector for k in keys}
+    keys.sort(
+        key=lambda k: (k.selector in current, k.selector[:-1], k.algorithm == "ed25519"),
+        reverse=True,
+    )
+    return keys
+
+
+def signing_keys(data_dir: Path, domain: str) -> list[DkimKey]:
+    """The current pair only: the first key of each algorithm in `load_domain_keys`."""
+    keys = load_domain_keys(data_dir, domain)
+    firsts = (next((k for k in keys if k.algorithm == a), None) for a in ("ed25519", "rsa"))
+    return [k for k in firsts if k is not None]
+
+
+def rotate_domain_keys(
+    data_dir: Path, domain: str, *, now: datetime.datetime | None = None
+) -> list[DkimKey]:
+    """Create a new Ed25519 + RSA pair for `domain` and make it the signing pair.
+
+    The selector stem is the first free one of "yyyymm", "yyyymmdd", "yyyymmddHHMMSS"
+    (UTC), so stems sort by age. Returns the new [ed25519, rsa] keys; the old keys are
+    kept. DkimKeyError if every candidate is taken (rotated twice within a second).
+    """
+    domain = _check_domain(domain)
+    when = now or datetime.datetime.now(datetime.UTC)
+    directory = data_dir / "dkim" / domain
+    for pattern in ("%Y%m", "%Y%m%d", "%Y%m%d%H%M%S"):
+        stem = when.strftime(pattern)
+        if not any((directory / f"{stem}{suffix}.key").exists() for suffix in _SUFFIX):
+            break
+    else:
+        raise DkimKeyError(f"{directory}: a key pair was just created; try again in a second")
+    keys = generate_domain_keys(data_dir, domain, selector_date=stem)
+    state = {"selectors": [k.selector for k in keys], "since": when.isoformat()}
+    atomic_write(directory / CURRENT_FILE, json.dumps(state).encode("utf-8"), mode=0o600)
     return keys
 
 

@@ -1,23 +1,46 @@
 """The one path every message takes: connect -> MAIL -> RCPT -> body checks -> targets.
 
 The runner owns all state changes; checks only return `CheckResult`s (DESIGN.md 2.3).
-Targets: recipients in local domains are stored in their INBOX, foreign recipients
-(authenticated or trusted senders only) are put on the durable outbound queue; both
-happen in one `MailStore.deliver()` call, so a message is acknowledged (250) only once
-it is durable for every recipient (DESIGN.md 3, "nothing acknowledged is lost").
+Targets: recipients in local domains are stored in their INBOX (their Junk mailbox
+when a check says quarantine), foreign recipients (authenticated or trusted senders
+only) are put on the durable outbound queue; both happen in one `MailStore.deliver()`
+call, so a message is acknowledged (250) only once it is durable for every recipient
+(DESIGN.md 3, "nothing acknowledged is lost").
+
+Body checks see the message as the client sent it: the SMTP session has already
+written our trace fields (Return-Path, Received: `trace_length` octets) in front of
+it. Header fields a check adds (Authentication-Results) go right after Return-Path,
+above our Received; Authentication-Results fields claiming our authserv-id are
+removed from the client's header section on every listener (RFC 8601 5). That
+rewrite touches only the header section: an in-memory message becomes new bytes, a
+spooled one a new spool file (header, then the old file's body copied in 256 KiB
+chunks off the event loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import random as random_module
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mailward.logs import EventLog
+from mailward.mailauth.results import strip_ours
 from mailward.message.headers import MAX_HEADER_SECTION, HeaderSectionTooLarge, header_section
+from mailward.pipeline.authentication import MessageAuthenticator, MessageSource
 from mailward.pipeline.recipients import DUPLICATE_RECIPIENT, RecipientPolicy, is_duplicate
 from mailward.pipeline.sender import SenderPolicy
-from mailward.pipeline.types import CheckResult, Envelope, LocalRecipient, SessionInfo, reject
+from mailward.pipeline.types import (
+    CheckResult,
+    Decision,
+    Envelope,
+    LocalRecipient,
+    SessionInfo,
+    reject,
+)
 from mailward.proto.replies import (
     LOCAL_ERROR,
     MESSAGE_ACCEPTED,
@@ -26,17 +49,44 @@ from mailward.proto.replies import (
     Reply,
 )
 from mailward.proto.smtp_events import MailFrom, RcptTo
-from mailward.store.api import Delivery, LocalTarget, MailStore, StoreError
+from mailward.resolver import Resolver
+from mailward.store.api import Delivery, LocalTarget, MailStore, SpecialUse, StoreError
 
 HEADERS_TOO_LARGE = Reply(552, "5.3.4", "Header section too large")
+COPY_CHUNK = 256 * 1024
+JUNK_KEYWORD = "$Junk"  # RFC 5788 / IANA IMAP keywords, when there is no Junk mailbox
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """What the body checks decided about an accepted message."""
+
+    trace: bytes  # our trace fields, as the session wrote them
+    section: bytes  # the client's header section as received
+    new_section: bytes | None  # the section with forged A-R removed (None: unchanged)
+    header: bytes  # fields to add (CRLF-terminated), b"" for none
+    quarantine: bool
 
 
 class Pipeline:
-    def __init__(self, store: MailStore, log: EventLog) -> None:
+    def __init__(
+        self,
+        store: MailStore,
+        log: EventLog,
+        *,
+        resolver: Resolver,
+        hostname: str,
+        random: Callable[[], float] = random_module.random,
+    ) -> None:
         self._store = store
         self._log = log
+        self._hostname = hostname
         self._recipients = RecipientPolicy(store)
         self._senders = SenderPolicy(store)
+        self._authenticator = MessageAuthenticator(resolver, hostname, log, random=random)
+        # Called after a message was queued for outbound delivery (the queue worker's
+        # wake-up, set by the composition root); the worker also polls on its own.
+        self.on_queued: Callable[[], None] | None = None
 
     def _refused(
         self, session: SessionInfo, stage: str, result: CheckResult, **fields: object
@@ -90,17 +140,23 @@ class Pipeline:
         """Run body checks on the message (`content` if it is in memory, else the spool
         file), then make it durable for every target."""
         try:
-            reply = await self._check_body(session, spool, content, trace_length, size)
+            body = await self._check_body(session, envelope, spool, content, trace_length, size)
+            if isinstance(body, _Body):
+                spool, content = await self._rewrite(spool, content, trace_length, body)
         except OSError as exc:
             self._log.error("spool.read_failed", session=session.session_id, error=str(exc))
-            reply = LOCAL_ERROR
-        if reply is not None:
+            body = LOCAL_ERROR
+        if isinstance(body, Reply):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spool)
-            return reply
-        local = [
-            LocalTarget(r.account_id) for r in envelope.recipients if isinstance(r, LocalRecipient)
-        ]
+            return body
+        try:
+            local = await self._local_targets(envelope, quarantine=body.quarantine)
+        except StoreError as exc:
+            self._log.error("message.store_failed", session=session.session_id, error=str(exc))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spool)
+            return LOCAL_ERROR
         outbound = [r.address for r in envelope.recipients if not isinstance(r, LocalRecipient)]
         try:
             # From here the store owns the spool file: it renames or deletes it.
@@ -123,30 +179,104 @@ class Pipeline:
             size=size,
             local_recipients=len(local),
             queued_recipients=len(outbound),
+            quarantined=body.quarantine,
         )
+        if outbound and self.on_queued is not None:
+            self.on_queued()
         return MESSAGE_ACCEPTED
+
+    async def _local_targets(self, envelope: Envelope, *, quarantine: bool) -> list[LocalTarget]:
+        targets = []
+        for r in envelope.recipients:
+            if not isinstance(r, LocalRecipient):
+                continue
+            target = await self._junk(r.account_id) if quarantine else LocalTarget(r.account_id)
+            targets.append(target)
+        return targets
+
+    async def _junk(self, account_id: int) -> LocalTarget:
+        """The account's \\Junk mailbox (RFC 6154; "Junk" unless the user moved the
+        role), or INBOX with the $Junk keyword if the user deleted it."""
+        mailboxes = await self._store.list_mailboxes(account_id)
+        for mailbox in mailboxes:
+            if mailbox.special_use == SpecialUse.JUNK:
+                return LocalTarget(account_id, mailbox=mailbox.name)
+        if any(m.name == "Junk" for m in mailboxes):
+            return LocalTarget(account_id, mailbox="Junk")
+        return LocalTarget(account_id, flags=frozenset({JUNK_KEYWORD}))
 
     async def _check_body(
         self,
         session: SessionInfo,
+        envelope: Envelope,
         spool: Path,
         content: bytes | None,
         trace_length: int,
         size: int,
-    ) -> Reply | None:
-        if session.listener != "submission":
-            return None
+    ) -> _Body | Reply:
+        limit = trace_length + MAX_HEADER_SECTION + 4
         if content is not None:
-            prefix = content[trace_length : trace_length + MAX_HEADER_SECTION + 4]
+            head = content[:limit]
         else:
             with open(spool, "rb") as f:
-                f.seek(trace_length)
-                prefix = f.read(MAX_HEADER_SECTION + 4)
+                head = f.read(limit)
+        trace, prefix = head[:trace_length], head[trace_length:]
         try:
             section = header_section(prefix, complete=size <= MAX_HEADER_SECTION)
         except HeaderSectionTooLarge:
             return self._refused(session, "data", reject(HEADERS_TOO_LARGE, "headers too large"))
-        result = await self._senders.check_headers(session, section)
-        if result.refused:
-            return self._refused(session, "data", result)
-        return None
+        if session.listener == "submission":
+            result = await self._senders.check_headers(session, section)
+            if result.refused:
+                return self._refused(session, "data", result)
+        # RFC 8601 5: nobody may hand us our own verdict, on any listener.
+        stripped, removed = strip_ours(section, self._hostname)
+        if removed:
+            self._log.info(
+                "mailauth.forged_results_removed", session=session.session_id, fields=removed
+            )
+        added = b""
+        quarantine = False
+        if self._authenticator.applies(session):
+            source = MessageSource(content, spool, trace_length, size)
+            result, _report = await self._authenticator.check(session, envelope, section, source)
+            if result.refused:
+                return self._refused(session, "data", result)
+            added = b"".join(f"{n}:{v}\r\n".encode("ascii", "replace") for n, v in result.headers)
+            quarantine = result.decision == Decision.QUARANTINE
+        return _Body(trace, section, stripped if removed else None, added, quarantine)
+
+    async def _rewrite(
+        self, spool: Path, content: bytes | None, trace_length: int, body: _Body
+    ) -> tuple[Path, bytes | None]:
+        """The message with `body.header` added after Return-Path and the header
+        section replaced by `body.new_section`; (spool, content) as for `Delivery`."""
+        if not body.header and body.new_section is None:
+            return spool, content
+        trace = body.trace
+        split = trace.find(b"\r\n") + 2 if trace[:12].lower() == b"return-path:" else 0
+        section = body.section if body.new_section is None else body.new_section
+        head = trace[:split] + body.header + trace[split:] + section
+        cut = trace_length + len(body.section)
+        if content is not None:
+            return spool, head + content[cut:]
+        new = self._store.new_spool()
+        try:
+            await asyncio.to_thread(_copy_spool, spool, new, head, cut)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(new)
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spool)
+        return new, None
+
+
+def _copy_spool(old: Path, new: Path, head: bytes, offset: int) -> None:
+    """Write `head` then `old`'s bytes from `offset` into the new file `new` (0600)."""
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb", buffering=COPY_CHUNK) as out, open(old, "rb", buffering=0) as src:
+        out.write(head)
+        src.seek(offset)
+        while chunk := src.read(COPY_CHUNK):
+            out.write(chunk)

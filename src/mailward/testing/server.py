@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import signal
 import socket
@@ -111,6 +112,7 @@ class RunningServer:
     cert_path: Path
     process: subprocess.Popen[bytes] | None
     log_path: Path
+    env: dict[str, str] | None = None  # extra environment for `serve` (e.g. SSL_CERT_FILE)
 
     @property
     def smtp_port(self) -> int:
@@ -162,9 +164,10 @@ class RunningServer:
         if self.process is not None and self.process.poll() is None:
             raise ServerStartError("server is already running")
         cmd = [sys.executable, "-m", "mailward", "serve", "--data", str(self.data_dir)]
+        env = {**os.environ, **self.env} if self.env else None
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 (fixed argv, no shell)
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
             )
         deadline = time.monotonic() + timeout
         waiting = [self.port_offset + port for port in SERVED_PORTS]
@@ -283,6 +286,18 @@ def free_port_offset(host: str = "127.0.0.1") -> int:
     raise RuntimeError(f"no free port offset found on {host}")
 
 
+def free_loopback_address(ports: tuple[int, ...] = SERVED_PORTS) -> str:
+    """A random address in 127.0.0.0/8 (all loopback on Linux) where every port in
+    `ports` binds right now: for servers on standard ports (offset 0), such as the MX
+    a delivery test sends to on port 25 (binding below 1024 needs root)."""
+    for _ in range(500):
+        a, b, c = 100 + secrets.randbelow(150), secrets.randbelow(256), 2 + secrets.randbelow(250)
+        address = f"127.{a}.{b}.{c}"
+        if all(_binds(address, port) for port in ports):
+            return address
+    raise RuntimeError("no free loopback address found")
+
+
 def _cert_path(data_dir: Path) -> Path:
     """The certificate the config names (tls.cert, relative to the data directory)."""
     cert = "tls/cert.pem"
@@ -304,19 +319,28 @@ def mail_server(
     domain: str = "example.test",
     users: dict[str, str] | None = None,
     config: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    port_offset: int | None = None,
+    name: str = "mailward",
+    env: dict[str, str] | None = None,
 ) -> Iterator[RunningServer]:
     """Initialise a data directory under `tmp_path`, apply `config` (dotted keys), add
-    `users` (address -> password), start the server on 127.0.0.1; stop it on exit."""
-    host = "127.0.0.1"
-    data_dir = tmp_path / "mailward-data"
-    offset = free_port_offset(host)
+    `users` (address -> password), start the server on `host`; stop it on exit.
+
+    `port_offset` None picks a free one; 0 serves the standard ports (25, 587, ...),
+    e.g. as the MX a delivery test sends to, on an address of its own
+    (`free_loopback_address()`). Several servers share one `tmp_path` under
+    different `name`s (data directory `<name>-data`, log `<name>-server.log`)."""
+    data_dir = tmp_path / f"{name}-data"
+    offset = free_port_offset(host) if port_offset is None else port_offset
     server = RunningServer(
         data_dir=data_dir,
         host=host,
         port_offset=offset,
         cert_path=data_dir / "tls" / "cert.pem",
         process=None,
-        log_path=tmp_path / "mailward-server.log",
+        log_path=tmp_path / f"{name}-server.log",
+        env=env,
     )
     server.cli(
         "init",
@@ -341,7 +365,7 @@ def mail_server(
             server.start()
             break
         except ServerStartError as exc:
-            if attempt == 2 or not exc.exited:
+            if attempt == 2 or not exc.exited or port_offset is not None:
                 raise
             server.port_offset = free_port_offset(host)
             server.cli("config", "set", "listen.port_offset", str(server.port_offset))

@@ -133,7 +133,8 @@ def mbox_messages(mbox: bytes) -> list[bytes]:
 
 
 def split_trace(data: bytes) -> tuple[list[bytes], bytes]:
-    """The leading Return-Path:/Received: fields (unfolded) and the bytes after them."""
+    """The leading fields mailward prepends (Return-Path:, Authentication-Results:,
+    Received:; unfolded) and the bytes after them."""
     fields: list[bytes] = []
     rest = data
     while True:
@@ -142,7 +143,7 @@ def split_trace(data: bytes) -> tuple[list[bytes], bytes]:
             break
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1] += b" " + line.strip()
-        elif re.match(rb"(?i)^(return-path|received):", line):
+        elif re.match(rb"(?i)^(return-path|authentication-results|received):", line):
             fields.append(line)
         else:
             break

@@ -1,0 +1,1 @@
+"""Outbound delivery: queue worker, routing, TLS policy, DSNs."""
