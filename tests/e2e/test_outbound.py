@@ -283,10 +283,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 
 @contextlib.contextmanager
-def private_postfix(address: str) -> Iterator[Path]:
+def private_postfix(address: str, relay_to: str | None = None) -> Iterator[Path]:
     """A Postfix instance of its own (config, queue, Maildir under `root`) receiving
     for remote.test on `address`:25 with STARTTLS; nobody@ is refused. Yields the
-    Maildir every accepted recipient's mail lands in."""
+    Maildir every accepted recipient's mail lands in. With `relay_to` ("ip:port") it
+    also relays mail from 127.0.0.1 for other domains there, from `address`, with
+    opportunistic STARTTLS (a smarthost set-up: Postfix in front of mailward)."""
     from mailward.crypto import tls as mw_tls
 
     if os.geteuid() != 0 or not os.path.exists(POSTFIX):
@@ -334,7 +336,19 @@ virtual_uid_maps = static:{NOBODY_UID}
 virtual_gid_maps = static:{NOBODY_UID}
 """
     )
-    (etc / "master.cf").write_text(POSTFIX_MASTER_CF.format(listen=f"{address}:25"))
+    master_cf = POSTFIX_MASTER_CF.format(listen=f"{address}:25")
+    if relay_to is not None:
+        host, _, port = relay_to.rpartition(":")
+        with (etc / "main.cf").open("a") as main_cf:
+            main_cf.write(
+                f"relayhost = [{host}]:{port}\n"
+                f"smtp_bind_address = {address}\n"
+                "smtp_tls_security_level = may\n"
+                "smtp_tls_loglevel = 1\n"
+            )
+        master_cf += "smtp      unix  -       -       n       -       -       smtp\n"
+        master_cf += "relay     unix  -       -       n       -       -       smtp\n"
+    (etc / "master.cf").write_text(master_cf)
 
     def postfix(*args: str) -> None:
         proc = subprocess.run(
@@ -453,3 +467,29 @@ def test_two_mailwards_exchange_mail_both_ways_authenticated(tmp_path: Path, dns
             assert "spf=pass" in results and f"matched ip4:{peer_ip}" in results, results
             assert results.count("dkim=pass") == 2, results  # Ed25519 and RSA
             assert "dmarc=pass (p=reject" in results and f"header.from={domain}" in results
+
+
+@pytest.mark.interop
+def test_postfix_relays_to_mailward(tmp_path: Path, dns: TestDns) -> None:
+    """Postfix in front (a smarthost) relays to mailward's MX port with STARTTLS; the
+    message is stored with its body intact and mailward's checks see Postfix's
+    address: SPF passes for the relay domain that publishes it."""
+    relay_ip = free_loopback_address((25,))
+    dns.add("relay.test", "TXT", f"v=spf1 ip4:{relay_ip} -all")
+    with (
+        sender_server(tmp_path, dns) as receiver,
+        private_postfix(relay_ip, relay_to=f"{receiver.host}:{receiver.smtp_port}"),
+    ):
+        message = (
+            b"From: <news@relay.test>\r\nTo: <alice@example.test>\r\n"
+            b"Subject: via postfix\r\nMessage-ID: <pf1@relay.test>\r\n\r\n"
+            b"relayed line\r\n.dot line\r\n"
+        )
+        with smtplib.SMTP(relay_ip, 25, "client.test", 30) as smtp:
+            assert smtp.sendmail("news@relay.test", [ALICE], message) == {}
+        (got,) = wait_for("the relayed message", lambda: exported(receiver, ALICE))
+    assert got.endswith(b"\r\n\r\nrelayed line\r\n.dot line\r\n")
+    results = _results_field(got)
+    assert f"spf=pass (relay.test: matched ip4:{relay_ip})" in results, results
+    head = got.split(b"\r\n\r\n", 1)[0]
+    assert b"using TLSv1." in head  # mailward's Received: notes Postfix's STARTTLS
