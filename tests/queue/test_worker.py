@@ -22,6 +22,7 @@ import pytest
 
 from mailward.crypto.dkim import generate_domain_keys
 from mailward.logs import EventLog
+from mailward.queue.mta_sts import MtaStsCache
 from mailward.queue.schedule import RetrySchedule
 from mailward.queue.transport import Timeouts
 from mailward.queue.worker import QueueWorker, WorkerSettings
@@ -65,7 +66,9 @@ class Env:
                 out.append(record)
         return out
 
-    def worker(self, **changes: Any) -> QueueWorker:
+    def worker(
+        self, *, sts: MtaStsCache | None = None, resolver: Any = None, **changes: Any
+    ) -> QueueWorker:
         settings = WorkerSettings(
             hostname="mail.example.org",
             data_dir=self.data_dir,
@@ -76,11 +79,12 @@ class Env:
         settings = replace(settings, **changes)
         return QueueWorker(
             self.store,
-            self.dns.resolver(timeout=2),
+            resolver if resolver is not None else self.dns.resolver(timeout=2),
             EventLog(self.logbuf, "debug"),
             settings,
             clock=self.clock,
             node="test-node",
+            sts=sts,
         )
 
     async def queue(
@@ -693,5 +697,71 @@ def test_stop_gives_back_unfinished_entries(tmp_path: Path) -> None:
             hold.set()
             assert await env.worker().run_once() == 1
             assert len(sink.messages) == 1
+
+        run(tmp_path, go)
+
+
+# --- MTA-STS and DANE: a policy failure defers, never downgrades ---------------------------
+
+STS_POLICY = "version: STSv1\r\nmode: enforce\r\nmx: *.remote.test\r\nmax_age: 86400\r\n"
+
+
+def test_mta_sts_enforce_defers_on_an_untrusted_certificate(tmp_path: Path) -> None:
+    context, cert = sink_tls(tmp_path / "sink", ["mx10-0.remote.test"])
+    with Sink(tls_context=context) as sink:
+
+        async def go(env: Env) -> None:
+            env.mx("remote.test", sink.address)
+            env.dns.add("_mta-sts.remote.test", "TXT", "v=STSv1; id=20240101")
+
+            async def fetch(domain: str) -> str:
+                assert domain == "remote.test"
+                return STS_POLICY
+
+            sts = MtaStsCache(env.tmp / "sts", fetch=fetch, clock=env.clock)
+            await env.queue("bob@remote.test")
+            await env.worker(sts=sts).run_once()  # the self-signed certificate: not valid
+            (entry,) = await env.store.list_queue()
+            assert entry.state is QueueState.DEFERRED and entry.last_error
+            assert sink.messages == []  # neither in clear nor over unverified TLS
+            assert env.events("queue.attempt")[-1]["policy"] == "mta-sts"
+            env.clock.now = entry.next_attempt
+            await env.worker(sts=sts, tls_cafile=cert).run_once()  # now a valid chain
+            (msg,) = sink.messages
+            assert msg.tls
+            assert await env.store.list_queue() == []
+
+        run(tmp_path, go)
+
+
+def test_dane_mismatch_defers_and_a_matching_tlsa_delivers(tmp_path: Path) -> None:
+    import hashlib
+
+    from mailward.crypto.x509 import leaf_der_from_pem, spki_der
+    from mailward.testing.unbound import TestUnbound
+
+    context, cert = sink_tls(tmp_path / "sink", ["mx10-0.remote.test"])
+    digest = hashlib.sha256(spki_der(leaf_der_from_pem(cert))).hexdigest()
+    with Sink(tls_context=context) as sink:
+
+        async def go(env: Env) -> None:
+            env.mx("remote.test", sink.address)
+            tlsa = "_25._tcp.mx10-0.remote.test"
+            env.dns.add(tlsa, "TLSA", f"3 1 1 {'00' * 32}")  # a key the MX does not have
+            env.dns.sign("remote.test")
+            with TestUnbound(env.dns) as unbound:
+                resolver = unbound.resolver()
+                await env.queue("bob@remote.test")
+                await env.worker(resolver=resolver, dane_trusted=True).run_once()
+                (entry,) = await env.store.list_queue()
+                assert entry.state is QueueState.DEFERRED and entry.last_error
+                assert sink.messages == []
+                assert env.events("queue.attempt")[-1]["policy"] == "dane"
+                env.dns.set(tlsa, "TLSA", f"3 1 1 {digest}")
+                env.clock.now = entry.next_attempt
+                await env.worker(resolver=resolver, dane_trusted=True).run_once()
+                (msg,) = sink.messages
+                assert msg.tls
+                assert env.events("queue.attempt")[-1]["policy"] == "dane"
 
         run(tmp_path, go)
