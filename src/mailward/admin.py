@@ -37,9 +37,11 @@ from mailward.message import mbox
 from mailward.store.api import (
     AlreadyExists,
     Delivery,
+    DeliveryReceipt,
     LocalTarget,
     MailStore,
     NotFound,
+    QuarantinedMessage,
     QueueEntry,
     StoreError,
     canonical_address,
@@ -750,3 +752,72 @@ async def queue_delete(store: MailStore, entry_id: int) -> QueueEntry:
         return await store.delete_queue_entry(entry_id)
     except NotFound:
         raise AdminError(f"no queue entry {entry_id}") from None
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+@dataclass(frozen=True)
+class QuarantineDetail:
+    entry: QuarantinedMessage
+    headers: list[tuple[str, str]]  # a few header fields of the message, never its body
+
+
+def parse_quarantine_id(text: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or len(value) > 18:
+        raise AdminError(f"not a quarantine id: {text!r} (see: mailward quarantine list)")
+    return int(value)
+
+
+async def quarantine_list(store: MailStore) -> list[QuarantinedMessage]:
+    """Every held message, oldest first."""
+    return await store.list_quarantine()
+
+
+async def quarantine_show(store: MailStore, entry_id: int) -> QuarantineDetail:
+    from mailward.message.headers import (
+        MAX_HEADER_SECTION,
+        HeaderSectionTooLarge,
+        header_section,
+        header_values,
+    )
+
+    try:
+        entry = await store.get_quarantined(entry_id)
+    except NotFound:
+        raise AdminError(f"no quarantined message {entry_id}") from None
+    headers: list[tuple[str, str]] = []
+    try:
+        head = await store.read_blob(entry.blob_id, 0, MAX_HEADER_SECTION + 4)
+        section = header_section(head, complete=len(head) <= MAX_HEADER_SECTION)
+    except (StoreError, HeaderSectionTooLarge):
+        section = b""
+    for name in QUEUE_SHOWN_HEADERS:
+        headers += [(name, value[:200]) for value in header_values(section, name)]
+    return QuarantineDetail(entry, headers)
+
+
+async def quarantine_message(store: MailStore, entry_id: int) -> bytes:
+    """The held message itself, for an administrator who asked to review it."""
+    try:
+        entry = await store.get_quarantined(entry_id)
+    except NotFound:
+        raise AdminError(f"no quarantined message {entry_id}") from None
+    return await store.read_blob(entry.blob_id)
+
+
+async def quarantine_release(store: MailStore, entry_id: int) -> DeliveryReceipt:
+    """Deliver a held message on its normal way (a running server sends the outbound
+    part within seconds)."""
+    try:
+        return await store.release_quarantined(entry_id)
+    except NotFound:
+        raise AdminError(f"no quarantined message {entry_id}") from None
+
+
+async def quarantine_delete(store: MailStore, entry_id: int) -> None:
+    try:
+        await store.delete_quarantined(entry_id)
+    except NotFound:
+        raise AdminError(f"no quarantined message {entry_id}") from None

@@ -529,6 +529,72 @@ def cmd_queue_delete(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_quarantine_list(args: argparse.Namespace, ctx: Context) -> int:
+    entries = _queue_store(args, ctx, admin.quarantine_list)
+    if args.json:
+        rows = [
+            {
+                "id": e.id,
+                "check": e.check,
+                "reason": e.reason,
+                "sender": e.sender,
+                "local_accounts": list(e.local_accounts),
+                "outbound": list(e.outbound),
+                "size": e.size,
+                "created": e.created,
+            }
+            for e in entries
+        ]
+        _out(json.dumps(rows, indent=2))
+        return 0
+    if not entries:
+        _out("the quarantine is empty")
+        return 0
+    for e in entries:
+        _out(f"{e.id}  {_when(e.created)}  {e.check:<12} <{e.sender}>  {e.size} bytes")
+        _out(f"    reason: {e.reason}")
+    _out(f"{len(entries)} held message{'s' * (len(entries) != 1)}")
+    return 0
+
+
+def cmd_quarantine_show(args: argparse.Namespace, ctx: Context) -> int:
+    entry_id = admin.parse_quarantine_id(args.id)
+    if args.raw:
+        data = _queue_store(args, ctx, lambda store: admin.quarantine_message(store, entry_id))
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return 0
+    detail = _queue_store(args, ctx, lambda store: admin.quarantine_show(store, entry_id))
+    e = detail.entry
+    _out(f"id:        {e.id}")
+    _out(f"held:      {_when(e.created)}")
+    _out(f"check:     {e.check}")
+    _out(f"reason:    {e.reason}")
+    _out(f"sender:    <{e.sender}>")
+    _out(f"for:       {len(e.local_accounts)} local account(s), {len(e.outbound)} remote")
+    _out(f"size:      {e.size} bytes")
+    for name, value in detail.headers:
+        _out(f"{name}: {value}")
+    return 0
+
+
+def cmd_quarantine_release(args: argparse.Namespace, ctx: Context) -> int:
+    entry_id = admin.parse_quarantine_id(args.id)
+    receipt = _queue_store(args, ctx, lambda store: admin.quarantine_release(store, entry_id))
+    _out(
+        f"released {entry_id}: stored for {len(receipt.stored)} local recipient(s), "
+        f"queued for {len(receipt.queued)} remote"
+    )
+    return 0
+
+
+def cmd_quarantine_delete(args: argparse.Namespace, ctx: Context) -> int:
+    entry_id = admin.parse_quarantine_id(args.id)
+    _queue_store(args, ctx, lambda store: admin.quarantine_delete(store, entry_id))
+    _out(f"deleted quarantined message {entry_id}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     from mailward import app
 
@@ -811,6 +877,53 @@ def build_parser() -> argparse.ArgumentParser:
         "remove an entry without delivering it",
         "Remove an entry that is not being delivered right now. No DSN is sent.",
         "mailward queue delete 42 --data DIR",
+    )
+    p.add_argument("id")
+
+    held = group(
+        "quarantine",
+        "list, show, release, delete held messages",
+        "Messages a content check (malware, attachment policy, data-loss rules) held\n"
+        "for review instead of delivering them.",
+    )
+    p = command(
+        held,
+        "list",
+        cmd_quarantine_list,
+        "list held messages",
+        "List every held message: id, when, which check held it and why, sender, size.",
+        "mailward quarantine list --data DIR",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command(
+        held,
+        "show",
+        cmd_quarantine_show,
+        "show one held message",
+        "Show why a message is held and its From, To, Subject, Date and Message-ID;\n"
+        "--raw writes the whole message to standard output (to review it).",
+        "mailward quarantine show 7 --data DIR",
+        "mailward quarantine show 7 --raw --data DIR > held.eml",
+    )
+    p.add_argument("id")
+    p.add_argument("--raw", action="store_true", help="write the whole message to stdout")
+    p = command(
+        held,
+        "release",
+        cmd_quarantine_release,
+        "deliver a held message",
+        "Send a held message on its normal way: into the local mailboxes it was for,\n"
+        "and onto the outbound queue for remote recipients.",
+        "mailward quarantine release 7 --data DIR",
+    )
+    p.add_argument("id")
+    p = command(
+        held,
+        "delete",
+        cmd_quarantine_delete,
+        "drop a held message",
+        "Delete a held message for good.",
+        "mailward quarantine delete 7 --data DIR",
     )
     p.add_argument("id")
 

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import os
 import random as random_module
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from mailward.logs import EventLog
 from mailward.mailauth.results import strip_ours
 from mailward.message.headers import MAX_HEADER_SECTION, HeaderSectionTooLarge, header_section
 from mailward.pipeline.authentication import MessageAuthenticator, MessageSource
+from mailward.pipeline.content import ContentCheck, MessageView
 from mailward.pipeline.recipients import DUPLICATE_RECIPIENT, RecipientPolicy, is_duplicate
 from mailward.pipeline.sender import SenderPolicy
 from mailward.pipeline.types import (
@@ -50,7 +51,14 @@ from mailward.proto.replies import (
 )
 from mailward.proto.smtp_events import MailFrom, RcptTo
 from mailward.resolver import Resolver
-from mailward.store.api import Delivery, LocalTarget, MailStore, SpecialUse, StoreError
+from mailward.store.api import (
+    Delivery,
+    LocalTarget,
+    MailStore,
+    QuarantineHold,
+    SpecialUse,
+    StoreError,
+)
 
 HEADERS_TOO_LARGE = Reply(552, "5.3.4", "Header section too large")
 COPY_CHUNK = 256 * 1024
@@ -65,7 +73,8 @@ class _Body:
     section: bytes  # the client's header section as received
     new_section: bytes | None  # the section with forged A-R removed (None: unchanged)
     header: bytes  # fields to add (CRLF-terminated), b"" for none
-    quarantine: bool
+    quarantine: bool  # deliver to Junk (DMARC p=quarantine)
+    hold: QuarantineHold | None = None  # a content check wants it held for review
 
 
 class Pipeline:
@@ -87,6 +96,9 @@ class Pipeline:
         # Called after a message was queued for outbound delivery (the queue worker's
         # wake-up, set by the composition root); the worker also polls on its own.
         self.on_queued: Callable[[], None] | None = None
+        # Malware, attachment policy, DLP... (pipeline.content), in order; set by the
+        # composition root from the config.
+        self.content_checks: Sequence[ContentCheck] = ()
 
     def _refused(
         self, session: SessionInfo, stage: str, result: CheckResult, **fields: object
@@ -167,6 +179,7 @@ class Pipeline:
                     local=local,
                     outbound=outbound,
                     content=content,
+                    hold=body.hold,
                 )
             )
         except (StoreError, OSError) as exc:
@@ -181,6 +194,16 @@ class Pipeline:
             queued_recipients=len(outbound),
             quarantined=body.quarantine,
         )
+        if receipt.held:
+            assert body.hold is not None
+            self._log.warning(
+                "message.held",
+                session=session.session_id,
+                id=receipt.held,
+                check=body.hold.check,
+                reason=body.hold.reason,
+            )
+            return MESSAGE_ACCEPTED
         if outbound and self.on_queued is not None:
             self.on_queued()
         return MESSAGE_ACCEPTED
@@ -244,7 +267,18 @@ class Pipeline:
                 return self._refused(session, "data", result)
             added = b"".join(f"{n}:{v}\r\n".encode("ascii", "replace") for n, v in result.headers)
             quarantine = result.decision == Decision.QUARANTINE
-        return _Body(trace, section, stripped if removed else None, added, quarantine)
+        hold = None
+        view = MessageView(session, envelope, section, content, spool, trace_length, size)
+        for check in self.content_checks:
+            if not check.applies(session):
+                continue
+            result = await check.check(view)
+            if result.refused:
+                return self._refused(session, "data", result, check=check.name)
+            added += b"".join(f"{n}: {v}\r\n".encode("ascii", "replace") for n, v in result.headers)
+            if result.decision == Decision.QUARANTINE and hold is None:
+                hold = QuarantineHold(check.name, result.reason)
+        return _Body(trace, section, stripped if removed else None, added, quarantine, hold)
 
     async def _rewrite(
         self, spool: Path, content: bytes | None, trace_length: int, body: _Body

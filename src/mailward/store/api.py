@@ -225,6 +225,28 @@ class LocalTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantineHold:
+    """Hold the message in quarantine instead of delivering it (a content check said
+    so); `check` and `reason` are for the administrator, never for the sender."""
+
+    check: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedMessage:
+    id: int
+    blob_id: str
+    sender: str
+    local_accounts: Sequence[int]  # account ids it was for
+    outbound: Sequence[str]
+    check: str
+    reason: str
+    size: int
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One message to make durable: `spool` holds its final bytes (headers we add
     included). The store takes ownership of the file: it is renamed into the blob
@@ -240,6 +262,7 @@ class Delivery:
     outbound: Sequence[str]
     internal_date: float | None = None
     content: bytes | None = None
+    hold: QuarantineHold | None = None  # quarantine it: no message, no queue entry yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +270,7 @@ class DeliveryReceipt:
     blob_id: str
     stored: Sequence[tuple[int, int]]  # (mailbox_id, uid) per local target, in order
     queued: Sequence[int]  # queue entry ids per outbound recipient, in order
+    held: int = 0  # the quarantine id when the delivery was held
 
 
 def canonical_address(address: str) -> str:
@@ -421,6 +445,20 @@ class MailStore(Protocol):
 
     async def get_quota(self, account_id: int) -> Quota: ...
     async def set_quota(self, address: str, limit: int) -> None: ...
+
+    # Quarantine: held messages stay durable with their reason until released
+    # (delivered to the targets they were held from) or deleted.
+    async def list_quarantine(self) -> list[QuarantinedMessage]: ...
+    async def get_quarantined(self, quarantine_id: int) -> QuarantinedMessage:
+        """NotFound if there is no such entry."""
+        ...
+
+    async def release_quarantined(self, quarantine_id: int) -> DeliveryReceipt:
+        """Deliver a held message to its targets (INBOX of an account whose mailbox is
+        gone, accounts that no longer exist skipped) and forget the hold."""
+        ...
+
+    async def delete_quarantined(self, quarantine_id: int) -> None: ...
 
     def watch(self, account_id: int, callback: Callable[[int], None]) -> Callable[[], None]:
         """Call `callback(mailbox_id)` on the caller's event loop after any commit that

@@ -65,6 +65,7 @@ import contextlib
 import dataclasses
 import importlib.resources
 import itertools
+import json
 import os
 import queue
 import re
@@ -91,12 +92,14 @@ from mailward.store.api import (
     DeliveryReceipt,
     FlagMode,
     FlagUpdate,
+    LocalTarget,
     Mailbox,
     MailboxChanges,
     MailboxStatus,
     MessageInfo,
     NotFound,
     OverQuota,
+    QuarantinedMessage,
     QueueEntry,
     QueueState,
     QueueUpdate,
@@ -874,13 +877,59 @@ class SqliteStore:
         conn.execute(
             "INSERT INTO blobs (id, size, created) VALUES (?, ?, ?)", (r.blob_id, r.size, now)
         )
+        if d.hold is not None:
+            targets = {
+                "local": [
+                    [t.account_id, _mailbox_name(t.mailbox), sorted(t.flags)] for t in d.local
+                ],
+                "outbound": [rcpt.strip() for rcpt in d.outbound],
+                "internal_date": r.internal_date,
+            }
+            row = conn.execute(
+                "INSERT INTO quarantine (blob_id, sender, targets, check_name, reason, size,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    r.blob_id,
+                    d.sender,
+                    json.dumps(targets),
+                    d.hold.check,
+                    d.hold.reason,
+                    r.size,
+                    now,
+                ),
+            ).fetchone()
+            return DeliveryReceipt(blob_id=r.blob_id, stored=[], queued=[], held=int(row[0]))
+        return self._insert_targets(
+            conn,
+            r.blob_id,
+            r.size,
+            r.internal_date,
+            d.sender,
+            list(zip(d.local, r.flags, strict=True)),
+            d.outbound,
+            now,
+        )
+
+    def _insert_targets(
+        self,
+        conn: sqlite3.Connection,
+        blob_id: str,
+        size: int,
+        internal_date: float,
+        sender: str,
+        local: Sequence[tuple[LocalTarget, str]],
+        outbound: Sequence[str],
+        now: float,
+    ) -> DeliveryReceipt:
+        """Messages and queue entries for a blob already in `blobs` (delivery, release)."""
+        r_size, r_date, r_blob = size, internal_date, blob_id
         stored: list[tuple[int, int]] = []
-        for target, flags in zip(d.local, r.flags, strict=True):
+        for target, flags in local:
             row = conn.execute(
                 "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1,"
                 " message_count = message_count + 1, size_bytes = size_bytes + ?"
                 " WHERE account_id = ? AND name = ? RETURNING id, uidnext - 1, highestmodseq",
-                (r.size, target.account_id, _mailbox_name(target.mailbox)),
+                (r_size, target.account_id, _mailbox_name(target.mailbox)),
             ).fetchone()
             if row is None:
                 raise NotFound("no such mailbox")
@@ -890,7 +939,7 @@ class SqliteStore:
             used, limit = conn.execute(
                 "UPDATE accounts SET used_bytes = used_bytes + ? WHERE id = ?"
                 " RETURNING used_bytes, quota_bytes",
-                (r.size, target.account_id),
+                (r_size, target.account_id),
             ).fetchone()
             if target.enforce_quota and limit and used > limit:
                 # The savepoint of this delivery is rolled back: it fails alone.
@@ -898,18 +947,18 @@ class SqliteStore:
             conn.execute(
                 "INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags,"
                 " modseq) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (mailbox_id, uid, r.blob_id, r.size, r.internal_date, flags, modseq),
+                (mailbox_id, uid, r_blob, r_size, r_date, flags, modseq),
             )
             stored.append((mailbox_id, uid))
         queued: list[int] = []
-        for rcpt in d.outbound:
+        for rcpt in outbound:
             row = conn.execute(
                 "INSERT INTO queue (sender, recipient, blob_id, state, attempts, created,"
                 " next_attempt, last_error) VALUES (?, ?, ?, ?, 0, ?, ?, '') RETURNING id",
-                (d.sender, rcpt.strip(), r.blob_id, QueueState.QUEUED.value, now, now),
+                (sender, rcpt.strip(), r_blob, QueueState.QUEUED.value, now, now),
             ).fetchone()
             queued.append(int(row[0]))
-        return DeliveryReceipt(blob_id=r.blob_id, stored=stored, queued=queued)
+        return DeliveryReceipt(blob_id=r_blob, stored=stored, queued=queued)
 
     # ---- domains ----------------------------------------------------------------
 
@@ -1850,6 +1899,74 @@ class SqliteStore:
 
     # ---- maintenance (not in the Protocol) ----------------------------------------
 
+    # ---- quarantine -------------------------------------------------------------
+
+    async def list_quarantine(self) -> list[QuarantinedMessage]:
+        def q(conn: sqlite3.Connection) -> list[QuarantinedMessage]:
+            rows = conn.execute(f"SELECT {_QUARANTINE_COLS} FROM quarantine ORDER BY id")  # noqa: S608 - constant column list
+            return [_quarantined(r) for r in rows]
+
+        return await self._read(q)
+
+    async def get_quarantined(self, quarantine_id: int) -> QuarantinedMessage:
+        def q(conn: sqlite3.Connection) -> QuarantinedMessage:
+            row = conn.execute(
+                f"SELECT {_QUARANTINE_COLS} FROM quarantine WHERE id = ?",  # noqa: S608 - constant column list
+                (quarantine_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no quarantined message {quarantine_id}")
+            return _quarantined(row)
+
+        return await self._read(q)
+
+    async def release_quarantined(self, quarantine_id: int) -> DeliveryReceipt:
+        def op(conn: sqlite3.Connection) -> DeliveryReceipt:
+            row = conn.execute(
+                "SELECT blob_id, sender, targets, size FROM quarantine WHERE id = ?",
+                (quarantine_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no quarantined message {quarantine_id}")
+            blob_id, sender, targets_json, size = row
+            targets = json.loads(targets_json)
+            local: list[tuple[LocalTarget, str]] = []
+            for account_id, mailbox, flags in targets["local"]:
+                if not conn.execute(
+                    "SELECT 1 FROM accounts WHERE id = ?", (account_id,)
+                ).fetchone():
+                    continue  # the account was deleted meanwhile
+                if not _mailbox_exists(conn, account_id, mailbox):
+                    mailbox = "INBOX"
+                local.append((LocalTarget(account_id, mailbox), _flags_text(flags)))
+            receipt = self._insert_targets(
+                conn,
+                blob_id,
+                size,
+                float(targets.get("internal_date") or time.time()),
+                sender,
+                local,
+                targets["outbound"],
+                time.time(),
+            )
+            conn.execute("DELETE FROM quarantine WHERE id = ?", (quarantine_id,))
+            for (target, _flags), (mailbox_id, _uid) in zip(local, receipt.stored, strict=True):
+                self._changed_mailbox(target.account_id, mailbox_id)
+            return receipt
+
+        return await self._write(op)
+
+    async def delete_quarantined(self, quarantine_id: int) -> None:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            row = conn.execute(
+                "DELETE FROM quarantine WHERE id = ? RETURNING blob_id", (quarantine_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no quarantined message {quarantine_id}")
+            return _drop_unreferenced_blobs(conn, [row[0]])
+
+        await self._unlink_blobs(await self._write(op))
+
     async def remove_orphan_blobs(self) -> list[str]:
         """Delete blob files no row references (left by a crash between a batch's
         blob sync and its commit, or before a post-delete unlink). Runs on the writer
@@ -1868,6 +1985,24 @@ class SqliteStore:
             return found
 
         return await self._write(op)
+
+
+_QUARANTINE_COLS = "id, blob_id, sender, targets, check_name, reason, size, created"
+
+
+def _quarantined(row: sqlite3.Row | tuple[Any, ...]) -> QuarantinedMessage:
+    targets = json.loads(row[3])
+    return QuarantinedMessage(
+        id=row[0],
+        blob_id=row[1],
+        sender=row[2],
+        local_accounts=[int(t[0]) for t in targets["local"]],
+        outbound=list(targets["outbound"]),
+        check=row[4],
+        reason=row[5],
+        size=row[6],
+        created=row[7],
+    )
 
 
 _QUEUE_COLS = (
@@ -2075,6 +2210,7 @@ def _drop_unreferenced_blobs(conn: sqlite3.Connection, candidates: Sequence[str]
             f"DELETE FROM blobs WHERE id IN ({marks})"  # noqa: S608 - only "?" marks
             " AND NOT EXISTS (SELECT 1 FROM messages WHERE blob_id = blobs.id)"
             " AND NOT EXISTS (SELECT 1 FROM queue WHERE blob_id = blobs.id)"
+            " AND NOT EXISTS (SELECT 1 FROM quarantine WHERE blob_id = blobs.id)"
             " RETURNING id",
             chunk,
         ).fetchall()

@@ -36,6 +36,7 @@ from mailward.store.api import (
     MessageInfo,
     NotFound,
     OverQuota,
+    QuarantineHold,
     QueueState,
     QueueUpdate,
     Quota,
@@ -1229,3 +1230,51 @@ async def check_queue_retry_and_delete(store: MailStore) -> None:
     assert await store.list_queue() == []
     # The local copy still references the blob: it stays.
     assert await store.read_blob(rcpt.blob_id) == b"shared\r\n"
+
+
+@_check
+async def check_quarantine_hold_release_delete(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    data = sample_message(7)
+    held_ids = []
+    for _ in range(2):
+        receipt = await store.deliver(
+            Delivery(
+                spool=write_spool(store, data),
+                sender="eve@remote.example",
+                local=[LocalTarget(alice.id), LocalTarget(bob.id, "Junk")],
+                outbound=["carol@remote.example"],
+                hold=QuarantineHold("malware", "Eicar-Test-Signature FOUND"),
+            )
+        )
+        assert receipt.held and list(receipt.stored) == [] and list(receipt.queued) == []
+        held_ids.append(receipt.held)
+    # Held means: no message in any mailbox, nothing queued.
+    assert await store.list_messages(alice.id, "INBOX") == []
+    assert await store.list_queue() == []
+    listed = await store.list_quarantine()
+    assert [q.id for q in listed] == held_ids
+    first = await store.get_quarantined(held_ids[0])
+    assert (first.check, first.reason, first.sender) == (
+        "malware",
+        "Eicar-Test-Signature FOUND",
+        "eve@remote.example",
+    )
+    assert list(first.local_accounts) == [alice.id, bob.id]
+    assert list(first.outbound) == ["carol@remote.example"]
+    assert await store.read_blob(first.blob_id) == data
+
+    released = await store.release_quarantined(held_ids[0])
+    assert len(released.stored) == 2 and len(released.queued) == 1
+    assert await store.read_message(alice.id, "INBOX", 1) == data
+    assert len(await store.list_messages(bob.id, "Junk")) == 1
+    assert [e.recipient for e in await store.list_queue()] == ["carol@remote.example"]
+    await _raises(NotFound, store.release_quarantined(held_ids[0]))  # released once
+
+    second = await store.get_quarantined(held_ids[1])
+    await store.delete_quarantined(held_ids[1])
+    await _raises(NotFound, store.get_quarantined(held_ids[1]))
+    await _raises(NotFound, store.delete_quarantined(held_ids[1]))
+    assert await store.list_quarantine() == []
+    await _raises(NotFound, store.read_blob(second.blob_id))  # its own blob went with it
+    assert await store.read_blob(first.blob_id) == data  # the released one is in use
