@@ -24,10 +24,13 @@ from mailward.net.imap_server import imap_services, imap_session_factory
 from mailward.net.listener import MailService
 from mailward.net.pop3_listener import pop3_services, pop3_session_factory
 from mailward.net.smtp_server import smtp_services, smtp_session_factory
+from mailward.pipeline.content import ContentCheck
+from mailward.pipeline.malware import MalwareCheck
 from mailward.pipeline.runner import Pipeline
 from mailward.queue.mta_sts import MtaStsCache
 from mailward.queue.worker import QueueWorker, WorkerConfigError, WorkerSettings
 from mailward.resolver import DnsResolver
+from mailward.scan.clamd import ClamdClient
 from mailward.store.api import MailStore
 
 SHUTDOWN_GRACE = 30.0
@@ -95,6 +98,7 @@ async def _serve(
     authenticator = Authenticator(store, hasher, log, policy)
     resolver = DnsResolver(config.dns.resolvers, timeout=config.dns.timeout)
     pipeline = Pipeline(store, log, resolver=resolver, hostname=config.server.hostname)
+    pipeline.content_checks = content_checks(config, log)
     smtp = smtp_services(config, tls, store, pipeline, authenticator, log)
     factory = smtp_session_factory(config, smtp)
     imap = imap_session_factory(imap_services(config, tls, store, authenticator, log))
@@ -135,6 +139,24 @@ async def _serve(
     flusher.cancel()
     log.flush()
     return 0
+
+
+def content_checks(config: Config, log: EventLog) -> list[ContentCheck]:
+    """The gateway's content checks, in the order they run (cheapest refusals first is
+    not the point: malware first, so nothing else ever parses an infected message)."""
+    checks: list[ContentCheck] = []
+    malware = config.malware
+    if malware.clamd:
+        checks.append(
+            MalwareCheck(
+                ClamdClient(malware.clamd, timeout=malware.timeout),
+                action=malware.action,
+                fail_open=malware.fail_open,
+                log=log,
+                max_size=malware.max_size or config.limits.message_size,
+            )
+        )
+    return checks
 
 
 async def _flush_periodically(log: EventLog) -> None:

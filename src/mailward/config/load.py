@@ -134,6 +134,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "limits.commands_per_session": (1, None),
     "auth.lockout_failures": (1, None),
     "auth.hash_workers": (1, 64),
+    "malware.timeout": (0.001, None),
 }
 
 # Timeouts of zero would either disable the bound or close every session at once.
@@ -161,12 +162,23 @@ def _nameservers_problem(value: object) -> str | None:
     return None
 
 
+def _clamd_problem(value: object) -> str | None:
+    assert isinstance(value, str)
+    if value == "" or "/" in value:
+        return None  # off, or a UNIX socket path
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f'{value!r} is not "host:port" or a socket path ("" turns scanning off)'
+    return None
+
+
 _CHECKS: dict[str, Callable[[object], str | None]] = {
     "server.hostname": _hostname_problem,
     "listen.address": _address_problem,
     "smtp.trusted_networks": _networks_problem,
     "delivery.retry_schedule": _durations_problem,
     "dns.resolvers": _nameservers_problem,
+    "malware.clamd": _clamd_problem,
 }
 
 

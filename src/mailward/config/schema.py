@@ -162,6 +162,29 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MalwareConfig:
+    """Malware scanning of every message (inbound and outbound) by ClamAV's clamd."""
+
+    clamd: str = field(
+        default="",
+        metadata=doc('clamd to scan with: "host:port" or its socket path; "" = no scanning'),
+    )
+    action: Literal["reject", "quarantine"] = field(
+        default="reject",
+        metadata=doc('Malware found: "reject" (554 5.7.1) or "quarantine" (held for review)'),
+    )
+    fail_open: bool = field(
+        default=False,
+        metadata=doc("clamd down or failing: accept unscanned (true) instead of 451 (false)"),
+    )
+    timeout: float = field(default=30.0, metadata=doc("Seconds for one scan (connect to verdict)"))
+    max_size: int = field(
+        default=0,
+        metadata=doc("Largest message scanned, bytes; larger is refused (0: limits.message_size)"),
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -173,6 +196,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    malware: MalwareConfig = field(default_factory=MalwareConfig)
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -1,0 +1,1 @@
+"""Outside scanners the content checks call (malware: ClamAV's clamd)."""
