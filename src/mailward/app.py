@@ -20,11 +20,14 @@ from mailward.config.schema import CONFIG_FILE, Config
 from mailward.crypto.passwords import PasswordHasher
 from mailward.crypto.tls import TlsConfigError, server_context
 from mailward.logs import EventLog, open_log
+from mailward.message.archives import ArchiveLimits
 from mailward.net.imap_server import imap_services, imap_session_factory
 from mailward.net.listener import MailService
 from mailward.net.pop3_listener import pop3_services, pop3_session_factory
 from mailward.net.smtp_server import smtp_services, smtp_session_factory
+from mailward.pipeline.attachments import AttachmentPolicy
 from mailward.pipeline.content import ContentCheck
+from mailward.pipeline.dlp import DlpCheck
 from mailward.pipeline.malware import MalwareCheck
 from mailward.pipeline.runner import Pipeline
 from mailward.queue.mta_sts import MtaStsCache
@@ -142,9 +145,27 @@ async def _serve(
 
 
 def content_checks(config: Config, log: EventLog) -> list[ContentCheck]:
-    """The gateway's content checks, in the order they run (cheapest refusals first is
-    not the point: malware first, so nothing else ever parses an infected message)."""
+    """The gateway's content checks, in the order they run: the attachment policy,
+    malware scanning (when clamd is configured), data-loss rules on outgoing mail."""
     checks: list[ContentCheck] = []
+    a = config.attachments
+    # Attachments first: a cheap refusal saves the scanner a round trip.
+    checks.append(
+        AttachmentPolicy(
+            log=log,
+            action=a.action,
+            block_extensions=a.block_extensions,
+            allow_extensions=a.allow_extensions,
+            inspect_archives=a.inspect_archives,
+            uninspectable=a.uninspectable,
+            limits=ArchiveLimits(
+                max_depth=a.max_archive_depth,
+                max_members=a.max_archive_members,
+                max_total_size=a.max_expanded_size,
+                max_ratio=a.max_compression_ratio,
+            ),
+        )
+    )
     malware = config.malware
     if malware.clamd:
         checks.append(
@@ -154,6 +175,18 @@ def content_checks(config: Config, log: EventLog) -> list[ContentCheck]:
                 fail_open=malware.fail_open,
                 log=log,
                 max_size=malware.max_size or config.limits.message_size,
+            )
+        )
+    dlp = config.dlp
+    if dlp.enabled:
+        checks.append(
+            DlpCheck(
+                log=log,
+                action=dlp.action,
+                detectors=dlp.detectors,
+                patterns=dlp.patterns,
+                keywords=dlp.keywords,
+                internal=dlp.internal,
             )
         )
     return checks

@@ -89,3 +89,43 @@ def test_scanner_down_is_a_temporary_failure(tmp_path: Path) -> None:
         code, text = send(srv, CLEAN)
         assert code == 451 and b"4.7.1" in text
         assert inbox(srv) == []
+
+
+def _with_attachment(name: str, payload: bytes) -> bytes:
+    encoded = base64.encodebytes(payload).replace(b"\n", b"\r\n")
+    return (
+        b"From: <bob@remote.test>\r\nTo: <alice@example.test>\r\nSubject: files\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
+        b"--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        b"--b1\r\nContent-Type: application/pdf\r\n"
+        b'Content-Disposition: attachment; filename="' + name.encode() + b'"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--b1--\r\n"
+    )
+
+
+def test_attachment_policy_refuses_executables_by_name_and_by_content(tmp_path: Path) -> None:
+    # A DOS header whose e_lfanew (offset 0x3C) points at a PE signature.
+    program = b"MZ" + b"\x00" * 58 + (64).to_bytes(4, "little") + b"PE\x00\x00" + b"\x00" * 200
+    with mail_server(tmp_path, users={ALICE: PASSWORD}) as srv:
+        code, text = send(srv, _with_attachment("setup.exe", b"harmless bytes"))
+        assert code == 554 and b"setup.exe" in text
+        code, text = send(srv, _with_attachment("report.pdf", program))  # a PE named .pdf
+        assert code == 554, text
+        assert send(srv, _with_attachment("report.pdf", b"%PDF-1.4\r\n%%EOF\r\n"))[0] == 250
+        assert len(inbox(srv)) == 1
+
+
+def test_dlp_holds_outgoing_card_numbers(tmp_path: Path) -> None:
+    body = (
+        b"From: <alice@example.test>\r\nTo: <bob@remote.test>\r\nSubject: order\r\n\r\n"
+        b"Card: 4111 1111 1111 1111, expiry 12/29\r\n"
+    )
+    with mail_server(tmp_path, users={ALICE: PASSWORD}) as srv:
+        with smtplib.SMTP(srv.host, srv.submission_port, "client.test", 30) as smtp:
+            smtp.starttls(context=srv.ssl_context())
+            smtp.login(ALICE, PASSWORD)
+            assert smtp.sendmail(ALICE, ["bob@remote.test"], body) == {}
+        listed = srv.cli("quarantine", "list").stdout.decode()
+        assert "dlp" in listed and "card-number" in listed
+        assert "4111" not in listed  # rule names only, never the data
+        assert srv.cli("queue", "list", "--json").stdout.strip() == b"[]"

@@ -135,6 +135,10 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "auth.lockout_failures": (1, None),
     "auth.hash_workers": (1, 64),
     "malware.timeout": (0.001, None),
+    "attachments.max_archive_depth": (1, 64),
+    "attachments.max_archive_members": (1, None),
+    "attachments.max_expanded_size": (1, None),
+    "attachments.max_compression_ratio": (1, None),
 }
 
 # Timeouts of zero would either disable the bound or close every session at once.

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailward.message.sniff import BLOCKED_BY_DEFAULT
+
 CONFIG_FILE = "mailward.toml"
 
 
@@ -185,6 +187,72 @@ class MalwareConfig:
 
 
 @dataclass(frozen=True)
+class AttachmentsConfig:
+    """Attachment policy on every listener: executables, scripts, macros, archives (SP 800-45)."""
+
+    action: Literal["reject", "quarantine"] = field(
+        default="reject",
+        metadata=doc('A blocked file type: "reject" (554 5.7.1) or "quarantine" (held)'),
+    )
+    block_extensions: list[str] = field(
+        default_factory=lambda: list(BLOCKED_BY_DEFAULT),
+        metadata=doc("Refused file types: name extensions, and types found by content alike"),
+    )
+    allow_extensions: list[str] = field(
+        default_factory=list,
+        metadata=doc("File types allowed even though block_extensions lists them"),
+    )
+    inspect_archives: bool = field(
+        default=True,
+        metadata=doc("Open zip/tar/gzip/bzip2/xz attachments and Office files and judge members"),
+    )
+    uninspectable: Literal["accept", "quarantine", "reject"] = field(
+        default="quarantine",
+        metadata=doc("Encrypted, corrupt or unopenable (rar, 7z, ...) archives: what to do"),
+    )
+    max_archive_depth: int = field(
+        default=3, metadata=doc("Archives nested deeper than this are refused (at least 1)")
+    )
+    max_archive_members: int = field(
+        default=1000, metadata=doc("Files in all of one message's archives (at least 1)")
+    )
+    max_expanded_size: int = field(
+        default=100 * 1024 * 1024,
+        metadata=doc("Octets all of one message's archives may expand to"),
+    )
+    max_compression_ratio: int = field(
+        default=100,
+        metadata=doc("Largest expansion ratio of an archive member over 1 MiB (at least 1)"),
+    )
+
+
+@dataclass(frozen=True)
+class DlpConfig:
+    """Data-loss prevention on mail local users send (submission, authenticated, trusted)."""
+
+    enabled: bool = field(default=True, metadata=doc("Scan outgoing mail for sensitive data"))
+    action: Literal["quarantine", "reject", "log"] = field(
+        default="quarantine",
+        metadata=doc('On a match: "quarantine" (held), "reject" (550 5.7.1) or "log" (accept)'),
+    )
+    detectors: list[str] = field(
+        default_factory=lambda: ["card-number", "us-ssn", "private-key", "credential"],
+        metadata=doc("Built-in detectors: card-number, us-ssn, iban, private-key, credential"),
+    )
+    patterns: list[str] = field(
+        default_factory=list,
+        metadata=doc('Site rules, "name=regex" (Python syntax); the name is what replies show'),
+    )
+    keywords: list[str] = field(
+        default_factory=list,
+        metadata=doc('Words or phrases that match (whole words, any case) as rule "keyword"'),
+    )
+    internal: bool = field(
+        default=False, metadata=doc("Also scan mail whose recipients are all local")
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -197,6 +265,8 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
     malware: MalwareConfig = field(default_factory=MalwareConfig)
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    dlp: DlpConfig = field(default_factory=DlpConfig)
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
