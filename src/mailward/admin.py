@@ -715,6 +715,14 @@ async def queue_list(store: MailStore) -> list[QueueEntry]:
 
 
 async def queue_show(store: MailStore, entry_id: int) -> QueueDetail:
+    entry = await store.get_queue_entry(entry_id)
+    if entry is None:
+        raise AdminError(f"no queue entry {entry_id}")
+    return QueueDetail(entry, await _shown_headers(store, entry.blob_id))
+
+
+async def _shown_headers(store: MailStore, blob_id: str) -> list[tuple[str, str]]:
+    """A few header fields of a stored message for an administrator (never the body)."""
     from mailward.message.headers import (
         MAX_HEADER_SECTION,
         HeaderSectionTooLarge,
@@ -722,18 +730,15 @@ async def queue_show(store: MailStore, entry_id: int) -> QueueDetail:
         header_values,
     )
 
-    entry = await store.get_queue_entry(entry_id)
-    if entry is None:
-        raise AdminError(f"no queue entry {entry_id}")
-    headers: list[tuple[str, str]] = []
     try:
-        head = await store.read_blob(entry.blob_id, 0, MAX_HEADER_SECTION + 4)
+        head = await store.read_blob(blob_id, 0, MAX_HEADER_SECTION + 4)
         section = header_section(head, complete=len(head) <= MAX_HEADER_SECTION)
     except (StoreError, HeaderSectionTooLarge):
         section = b""
+    headers: list[tuple[str, str]] = []
     for name in QUEUE_SHOWN_HEADERS:
         headers += [(name, value[:200]) for value in header_values(section, name)]
-    return QueueDetail(entry, headers)
+    return headers
 
 
 async def queue_retry(store: MailStore, entry_id: int) -> QueueEntry:
@@ -776,26 +781,11 @@ async def quarantine_list(store: MailStore) -> list[QuarantinedMessage]:
 
 
 async def quarantine_show(store: MailStore, entry_id: int) -> QuarantineDetail:
-    from mailward.message.headers import (
-        MAX_HEADER_SECTION,
-        HeaderSectionTooLarge,
-        header_section,
-        header_values,
-    )
-
     try:
         entry = await store.get_quarantined(entry_id)
     except NotFound:
         raise AdminError(f"no quarantined message {entry_id}") from None
-    headers: list[tuple[str, str]] = []
-    try:
-        head = await store.read_blob(entry.blob_id, 0, MAX_HEADER_SECTION + 4)
-        section = header_section(head, complete=len(head) <= MAX_HEADER_SECTION)
-    except (StoreError, HeaderSectionTooLarge):
-        section = b""
-    for name in QUEUE_SHOWN_HEADERS:
-        headers += [(name, value[:200]) for value in header_values(section, name)]
-    return QuarantineDetail(entry, headers)
+    return QuarantineDetail(entry, await _shown_headers(store, entry.blob_id))
 
 
 async def quarantine_message(store: MailStore, entry_id: int) -> bytes:
