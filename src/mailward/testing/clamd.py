@@ -39,13 +39,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from mailward.testing.daemon import terminate
+
 __all__ = ["CLAMD", "SIGNATURE", "ClamdHarnessError", "TestClamd", "clamd_available", "eicar"]
 
 CLAMD = "/usr/sbin/clamd"
 HOST = "127.0.0.1"
 SIGNATURE = "Mailward.Test.EICAR"  # clamd reports it with ".UNOFFICIAL" appended
 START_TIMEOUT = 60.0  # seconds for clamd to answer PING after it is started
-STOP_TIMEOUT = 10.0
 
 
 def eicar() -> bytes:
@@ -234,7 +235,7 @@ class TestClamd:
             )
         # If the test forgets stop() (or the interpreter exits), clamd still goes.
         self._finalizer = weakref.finalize(
-            self, _terminate, self._process, self.directory if self._own_directory else None
+            self, terminate, self._process, self.directory if self._own_directory else None
         )
         deadline = started + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -284,26 +285,13 @@ class TestClamd:
             self._finalizer.detach()
             self._finalizer = None
         if self._process is not None:
-            _terminate(self._process)
+            terminate(self._process)
             self._process = None
 
     def _cleanup_directory(self) -> None:
         if self._own_directory and self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
-
-
-def _terminate(process: subprocess.Popen[bytes], directory: Path | None = None) -> None:
-    """Stop clamd and wait for it; remove `directory` if given."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait()
-    if directory is not None:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _free_port() -> int:

@@ -49,13 +49,13 @@ import dns.message
 import dns.query
 import dns.rdataclass
 
+from mailward.testing.daemon import terminate
 from mailward.testing.dns_server import HOST, DnsEndpoint, TestDns
 
 __all__ = ["UNBOUND", "TestUnbound", "unbound_available"]
 
 UNBOUND = "/usr/sbin/unbound"
 START_TIMEOUT = 30.0  # seconds for unbound to answer after it is started
-STOP_TIMEOUT = 10.0
 
 
 def _tool(name: str) -> str:
@@ -304,7 +304,7 @@ class TestUnbound(DnsEndpoint):
             )
         # If the test forgets stop() (or the interpreter exits), unbound still goes.
         self._finalizer = weakref.finalize(
-            self, _terminate, self._process, self.directory if self._own_directory else None
+            self, terminate, self._process, self.directory if self._own_directory else None
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -354,26 +354,13 @@ class TestUnbound(DnsEndpoint):
             self._finalizer.detach()
             self._finalizer = None
         if self._process is not None:
-            _terminate(self._process)
+            terminate(self._process)
             self._process = None
 
     def _cleanup_directory(self) -> None:
         if self._own_directory and self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
-
-
-def _terminate(process: subprocess.Popen[bytes], directory: Path | None = None) -> None:
-    """Stop unbound and wait for it; remove `directory` if given."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait()
-    if directory is not None:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _free_port() -> int:
