@@ -253,6 +253,46 @@ class DlpConfig:
 
 
 @dataclass(frozen=True)
+class SpamConfig:
+    """Spam scoring of mail arriving on the MX port (and a content score of mail users
+    send): DNSBL/RHSBL, SPF/DKIM/DMARC, HELO/rDNS, GTUBE, header and MIME heuristics,
+    each user's Bayes filter, and optionally rspamd."""
+
+    enabled: bool = field(default=True, metadata=doc("Score mail for spam"))
+    dnsbl: list[str] = field(
+        default_factory=list,
+        metadata=doc('IP blocklist zones, "zone" or "zone=score" (e.g. "zen.spamhaus.org=6")'),
+    )
+    rhsbl: list[str] = field(
+        default_factory=list,
+        metadata=doc('Domain blocklist zones for sender, From: and HELO domains ("zone=score")'),
+    )
+    junk_score: float = field(
+        default=5.0, metadata=doc("Score from which mail goes to the recipient's Junk mailbox")
+    )
+    reject_score: float = field(
+        default=15.0, metadata=doc("Score from which mail is refused (550 5.7.1); 0: never")
+    )
+    bayes: bool = field(
+        default=True, metadata=doc("Use each user's Bayes filter, trained from their Junk moves")
+    )
+    bayes_min_trained: int = field(
+        default=10,
+        metadata=doc("Spam and ham messages a user must have trained (each) before Bayes counts"),
+    )
+    rspamd: str = field(
+        default="",
+        metadata=doc('rspamd\'s normal worker as an extra scorer, "http://host:port"; "": none'),
+    )
+    rspamd_timeout: float = field(default=10.0, metadata=doc("Seconds for one rspamd check"))
+
+
+@dataclass(frozen=True)
+class AbuseConfig:
+    """Abuse and denial-of-service limits (filled in by the abuse slice)."""
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -267,6 +307,8 @@ class Config:
     malware: MalwareConfig = field(default_factory=MalwareConfig)
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
     dlp: DlpConfig = field(default_factory=DlpConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

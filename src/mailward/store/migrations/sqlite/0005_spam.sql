@@ -1,0 +1,1 @@
+-- Bayes spam filter state per account (spam/bayes.py).

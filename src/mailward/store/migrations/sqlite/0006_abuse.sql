@@ -1,0 +1,1 @@
+-- Abuse limits state: greylisting, submission history (pipeline/abuse).
