@@ -25,15 +25,23 @@ from mailward.net.imap_server import imap_services, imap_session_factory
 from mailward.net.listener import MailService
 from mailward.net.pop3_listener import pop3_services, pop3_session_factory
 from mailward.net.smtp_server import smtp_services, smtp_session_factory
+from mailward.pipeline.abuse import TransactionLimits
 from mailward.pipeline.attachments import AttachmentPolicy
 from mailward.pipeline.content import ContentCheck
 from mailward.pipeline.dlp import DlpCheck
 from mailward.pipeline.malware import MalwareCheck
 from mailward.pipeline.runner import Pipeline
+from mailward.pipeline.spam import UNTRUSTED_FIELDS, SpamCheck
 from mailward.queue.mta_sts import MtaStsCache
 from mailward.queue.worker import QueueWorker, WorkerConfigError, WorkerSettings
-from mailward.resolver import DnsResolver
+from mailward.resolver import DnsResolver, Resolver
 from mailward.scan.clamd import ClamdClient
+from mailward.spam.blocklists import (
+    DEFAULT_DNSBL_SCORE,
+    DEFAULT_RHSBL_SCORE,
+    Blocklists,
+    parse_zone,
+)
 from mailward.store.api import MailStore
 
 SHUTDOWN_GRACE = 30.0
@@ -100,14 +108,24 @@ async def _serve(
     )
     authenticator = Authenticator(store, hasher, log, policy)
     resolver = DnsResolver(config.dns.resolvers, timeout=config.dns.timeout)
-    pipeline = Pipeline(store, log, resolver=resolver, hostname=config.server.hostname)
-    pipeline.content_checks = content_checks(config, log)
+    abuse = TransactionLimits(store, log, config.abuse)
+    pipeline = Pipeline(store, log, resolver=resolver, hostname=config.server.hostname, abuse=abuse)
+    pipeline.content_checks = content_checks(config, log, resolver=resolver)
+    if config.spam.enabled:
+        pipeline.untrusted_fields = UNTRUSTED_FIELDS
     smtp = smtp_services(config, tls, store, pipeline, authenticator, log)
     factory = smtp_session_factory(config, smtp)
-    imap = imap_session_factory(imap_services(config, tls, store, authenticator, log))
+    # Each user's Bayes filter learns from their Junk moves over IMAP (spam/training.py).
+    from mailward.spam.bayes import BayesFilter
+    from mailward.spam.training import JunkTrainer
+
+    bayes = BayesFilter(store, min_trained=config.spam.bayes_min_trained)
+    trainer = JunkTrainer(store, bayes, log) if config.spam.bayes else None
+    imap_svc = imap_services(config, tls, store, authenticator, log, trainer=trainer)
+    imap = imap_session_factory(imap_svc)
     pop3 = pop3_session_factory(pop3_services(config, tls, store, authenticator, log))
     factories = {"mx": factory, "submission": factory, "imap": imap, "pop3": pop3}
-    service = MailService(config, tls, log, factories)
+    service = MailService(config, tls, log, factories, probes=abuse.probes)
     try:
         specs = await service.start()
     except OSError as exc:
@@ -136,6 +154,8 @@ async def _serve(
     await stop.wait()
     log.info("server.stopping", sessions=len(service.sessions))
     await asyncio.gather(service.stop(grace=SHUTDOWN_GRACE), worker.stop(grace=SHUTDOWN_GRACE))
+    if trainer is not None:
+        await trainer.close()  # before the store closes under it
     await store.close()
     hasher.close()
     log.info("server.stopped")
@@ -144,9 +164,12 @@ async def _serve(
     return 0
 
 
-def content_checks(config: Config, log: EventLog) -> list[ContentCheck]:
+def content_checks(
+    config: Config, log: EventLog, *, resolver: Resolver | None = None
+) -> list[ContentCheck]:
     """The gateway's content checks, in the order they run: the attachment policy,
-    malware scanning (when clamd is configured), data-loss rules on outgoing mail."""
+    malware scanning (when clamd is configured), data-loss rules on outgoing mail,
+    spam scoring (when enabled and a resolver is given)."""
     checks: list[ContentCheck] = []
     a = config.attachments
     # Attachments first: a cheap refusal saves the scanner a round trip.
@@ -189,7 +212,27 @@ def content_checks(config: Config, log: EventLog) -> list[ContentCheck]:
                 internal=dlp.internal,
             )
         )
+    if config.spam.enabled and resolver is not None:
+        checks.append(spam_check(config, log, resolver))
     return checks
+
+
+def spam_check(config: Config, log: EventLog, resolver: Resolver) -> SpamCheck:
+    spam = config.spam
+    blocklists = Blocklists(
+        resolver,
+        dnsbl=[parse_zone(z, DEFAULT_DNSBL_SCORE) for z in spam.dnsbl],
+        rhsbl=[parse_zone(z, DEFAULT_RHSBL_SCORE) for z in spam.rhsbl],
+        timeout=config.dns.timeout,
+    )
+    return SpamCheck(
+        resolver=resolver,
+        log=log,
+        hostname=config.server.hostname,
+        blocklists=blocklists,
+        junk_score=spam.junk_score,
+        reject_score=spam.reject_score,
+    )
 
 
 async def _flush_periodically(log: EventLog) -> None:

@@ -33,7 +33,13 @@ from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 
-from mailward.config.schema import PORTS, Config, parse_duration, parse_nameservers
+from mailward.config.schema import (
+    PORTS,
+    Config,
+    parse_duration,
+    parse_nameservers,
+    parse_zone,
+)
 from mailward.files import atomic_write
 
 
@@ -135,10 +141,24 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "auth.lockout_failures": (1, None),
     "auth.hash_workers": (1, 64),
     "malware.timeout": (0.001, None),
+    "spam.junk_score": (0.1, None),
+    "spam.rspamd_timeout": (0.001, None),
     "attachments.max_archive_depth": (1, 64),
     "attachments.max_archive_members": (1, None),
     "attachments.max_expanded_size": (1, None),
     "attachments.max_compression_ratio": (1, None),
+    # Abuse limits (pipeline/abuse): every delay is bounded, every window positive.
+    "abuse.connections_per_net": (1, None),
+    "abuse.greeting_delay": (0, 30),
+    "abuse.hello_timeout": (1, None),
+    "abuse.tarpit_step": (0, 60),
+    "abuse.tarpit_max": (0, 60),
+    "abuse.probe_window": (1, None),
+    "abuse.block_seconds": (1, None),
+    "abuse.data_rate_grace": (1, None),
+    "abuse.greylist_delay": (1, None),
+    "abuse.greylist_expiry": (1, None),
+    "abuse.greylist_lifetime": (1, None),
 }
 
 # Timeouts of zero would either disable the bound or close every session at once.
@@ -176,6 +196,25 @@ def _clamd_problem(value: object) -> str | None:
     return None
 
 
+def _zones_problem(value: object) -> str | None:
+    assert isinstance(value, list)
+    for spec in value:
+        try:
+            parse_zone(spec, 0.0)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _rspamd_problem(value: object) -> str | None:
+    assert isinstance(value, str)
+    if value and not re.fullmatch(
+        r"http://[A-Za-z0-9.\-]+(:\d{1,5})?/?|http://\[[0-9a-fA-F:.]+\](:\d{1,5})?/?", value
+    ):
+        return f'{value!r} is not "http://host:port" ("" turns rspamd off)'
+    return None
+
+
 _CHECKS: dict[str, Callable[[object], str | None]] = {
     "server.hostname": _hostname_problem,
     "listen.address": _address_problem,
@@ -183,6 +222,9 @@ _CHECKS: dict[str, Callable[[object], str | None]] = {
     "delivery.retry_schedule": _durations_problem,
     "dns.resolvers": _nameservers_problem,
     "malware.clamd": _clamd_problem,
+    "spam.dnsbl": _zones_problem,
+    "spam.rhsbl": _zones_problem,
+    "spam.rspamd": _rspamd_problem,
 }
 
 

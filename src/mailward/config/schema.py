@@ -289,7 +289,74 @@ class SpamConfig:
 
 @dataclass(frozen=True)
 class AbuseConfig:
-    """Abuse and denial-of-service limits (filled in by the abuse slice)."""
+    """Abuse and denial-of-service limits on the SMTP listeners (SP 800-45): connection
+    floods, early talkers, slow clients, recipient probing, sending caps, greylisting."""
+
+    connections_per_net: int = field(
+        default=100,
+        metadata=doc("Concurrent connections from one IPv4 /24 or IPv6 /64 (all listeners)"),
+    )
+    connection_rate: int = field(
+        default=120,
+        metadata=doc("New connections per minute from one IP (IPv6: one /64); 0: no limit"),
+    )
+    greeting_delay: float = field(
+        default=1.0,
+        metadata=doc("MX only: pause after '220-'; a client talking before '220 ' is refused"),
+    )
+    hello_timeout: float = field(
+        default=60.0, metadata=doc("Seconds from connect until HELO/EHLO must have been sent")
+    )
+    tarpit_step: float = field(
+        default=0.5,
+        metadata=doc("Seconds an error reply is delayed per error so far in the session; 0: off"),
+    )
+    tarpit_max: float = field(
+        default=5.0, metadata=doc("Longest tarpit delay of one reply, seconds")
+    )
+    probe_window: float = field(
+        default=600.0, metadata=doc("Seconds over which unknown-recipient refusals are counted")
+    )
+    probe_slowdown: int = field(
+        default=5,
+        metadata=doc("Unknown recipients from one client before its every reply is tarpitted"),
+    )
+    probe_block: int = field(
+        default=20,
+        metadata=doc("Unknown recipients from one client before it is refused (421); 0: never"),
+    )
+    block_seconds: float = field(
+        default=600.0, metadata=doc("How long a client blocked for probing is refused")
+    )
+    min_data_rate: int = field(
+        default=256,
+        metadata=doc("Slowest accepted input, bytes/s, in DATA and within a command line; 0: off"),
+    )
+    data_rate_grace: float = field(
+        default=10.0, metadata=doc("Seconds of input before min_data_rate is enforced")
+    )
+    messages_per_day: int = field(
+        default=1000,
+        metadata=doc("Messages one account may submit in 24 hours (451 beyond); 0: no cap"),
+    )
+    new_recipients_per_day: int = field(
+        default=200,
+        metadata=doc("Recipients an account never sent to before, per 24 hours; 0: no cap"),
+    )
+    greylisting: bool = field(
+        default=False,
+        metadata=doc("Greylist unauthenticated MX mail per (client net, sender, recipient)"),
+    )
+    greylist_delay: float = field(
+        default=60.0, metadata=doc("Seconds before a greylisted retry is accepted (RFC 6647)")
+    )
+    greylist_expiry: float = field(
+        default=86400.0, metadata=doc("Seconds within which the retry must come, else start over")
+    )
+    greylist_lifetime: float = field(
+        default=35 * 86400.0,
+        metadata=doc("Seconds a passed triplet is remembered after its last use"),
+    )
 
 
 @dataclass(frozen=True)
@@ -323,6 +390,26 @@ def parse_duration(text: str) -> float:
     if not seconds > 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"{text!r} is not a positive duration")
     return seconds
+
+
+def parse_zone(spec: str, default_score: float) -> tuple[str, float]:
+    """ "zone" or "zone=score" (spam.dnsbl, spam.rhsbl) -> (zone, score); ValueError."""
+    name, sep, score_text = spec.strip().partition("=")
+    name = name.strip().strip(".").lower()
+    labels = name.split(".")
+    if not name or any(
+        not re.fullmatch(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", x) for x in labels
+    ):
+        raise ValueError(f"{spec!r} is not a DNS zone")
+    score = default_score
+    if sep:
+        try:
+            score = float(score_text)
+        except ValueError:
+            raise ValueError(f"{spec!r}: the score after '=' must be a number") from None
+        if score != score or score in (float("inf"), float("-inf")):
+            raise ValueError(f"{spec!r}: the score must be finite")
+    return name, score
 
 
 def parse_nameservers(specs: Sequence[str]) -> list[tuple[str, int]]:

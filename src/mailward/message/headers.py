@@ -8,6 +8,7 @@ replacement, RFC 6532) since they are only inspected, never re-emitted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from email.utils import getaddresses
 
 MAX_HEADER_SECTION = 256 * 1024
@@ -62,3 +63,26 @@ def _unfold(parts: list[bytes]) -> str:
 def mailbox_addresses(values: list[str]) -> list[str]:
     """The addr-specs in address-list header values (display names dropped)."""
     return [addr for _name, addr in getaddresses(values) if addr]
+
+
+def remove_fields(section: bytes, names: Sequence[str]) -> tuple[bytes, int]:
+    """`section` without any field called one of `names` (case-insensitive; folded
+    continuation lines go with their field); returns (new section, fields removed)."""
+    wanted = tuple(n.lower().encode("ascii") + b":" for n in names)
+    lowered = section.lower()
+    if not any(w in lowered for w in wanted):
+        return section, 0
+    out: list[bytes] = []
+    removed = 0
+    dropping = False
+    for line in section.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+            continue
+        dropping = line.lower().startswith(wanted)
+        if dropping:
+            removed += 1
+        else:
+            out.append(line)
+    return b"".join(out), removed

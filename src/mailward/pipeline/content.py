@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from mailward.pipeline.authentication import AuthenticationReport
 from mailward.pipeline.types import CheckResult, Envelope, SessionInfo
 
 
@@ -35,6 +36,8 @@ class MessageView:
     spool: Path
     offset: int
     size: int
+    # SPF/DKIM/DMARC/ARC results when they were checked (inbound on the MX port).
+    auth: AuthenticationReport | None = None
     _data: bytes | None = field(default=None, repr=False)
 
     async def read(self) -> bytes:
@@ -45,10 +48,21 @@ class MessageView:
                 self._data = await asyncio.to_thread(self._read_spool)
         return self._data
 
-    def _read_spool(self) -> bytes:
+    def _read_spool(self, limit: int = -1) -> bytes:
         with open(self.spool, "rb") as f:
             f.seek(self.offset)
-            return f.read()
+            return f.read(limit)
+
+    async def head(self, limit: int) -> bytes:
+        """The first `limit` octets of the message (all of it if smaller), without
+        reading the rest of a spooled message."""
+        if self._data is not None:
+            return self._data[:limit]
+        if self.content is not None:
+            return self.content[self.offset : self.offset + limit]
+        if self.size <= limit:
+            return await self.read()
+        return await asyncio.to_thread(self._read_spool, limit)
 
     async def chunks(self, size: int = 256 * 1024) -> list[bytes]:
         """The message in pieces of at most `size` octets (for streaming scanners)."""

@@ -29,7 +29,13 @@ from pathlib import Path
 
 from mailward.logs import EventLog
 from mailward.mailauth.results import strip_ours
-from mailward.message.headers import MAX_HEADER_SECTION, HeaderSectionTooLarge, header_section
+from mailward.message.headers import (
+    MAX_HEADER_SECTION,
+    HeaderSectionTooLarge,
+    header_section,
+    remove_fields,
+)
+from mailward.pipeline.abuse import TransactionLimits
 from mailward.pipeline.authentication import MessageAuthenticator, MessageSource
 from mailward.pipeline.content import ContentCheck, MessageView
 from mailward.pipeline.recipients import DUPLICATE_RECIPIENT, RecipientPolicy, is_duplicate
@@ -75,6 +81,7 @@ class _Body:
     header: bytes  # fields to add (CRLF-terminated), b"" for none
     quarantine: bool  # deliver to Junk (DMARC p=quarantine)
     hold: QuarantineHold | None = None  # a content check wants it held for review
+    junk: frozenset[int] = frozenset()  # accounts whose copy goes to Junk (spam score)
 
 
 class Pipeline:
@@ -86,9 +93,12 @@ class Pipeline:
         resolver: Resolver,
         hostname: str,
         random: Callable[[], float] = random_module.random,
+        abuse: TransactionLimits | None = None,
     ) -> None:
         self._store = store
         self._log = log
+        # Probing, sending caps, greylisting (pipeline.abuse); None: no abuse limits.
+        self.abuse = abuse
         self._hostname = hostname
         self._recipients = RecipientPolicy(store)
         self._senders = SenderPolicy(store)
@@ -99,6 +109,9 @@ class Pipeline:
         # Malware, attachment policy, DLP... (pipeline.content), in order; set by the
         # composition root from the config.
         self.content_checks: Sequence[ContentCheck] = ()
+        # Header fields removed from inbound mail because only we may write them
+        # (X-Spam-Status...: set by the composition root when spam scoring is on).
+        self.untrusted_fields: Sequence[str] = ()
 
     def _refused(
         self, session: SessionInfo, stage: str, result: CheckResult, **fields: object
@@ -118,6 +131,10 @@ class Pipeline:
     async def mail_from(
         self, session: SessionInfo, event: MailFrom
     ) -> tuple[Reply, Envelope | None]:
+        if self.abuse is not None:
+            limited = await self.abuse.check_mail(session)
+            if limited.refused:
+                return self._refused(session, "mail", limited, sender=event.reverse_path), None
         result = await self._senders.check_envelope_sender(session, event.reverse_path)
         if result.refused:
             return self._refused(session, "mail", result, sender=event.reverse_path), None
@@ -125,10 +142,21 @@ class Pipeline:
         return SENDER_OK, Envelope(event.reverse_path, smtputf8=event.smtputf8)
 
     async def rcpt_to(self, session: SessionInfo, envelope: Envelope, event: RcptTo) -> Reply:
+        abuse = self.abuse
+        if abuse is not None:
+            blocked = abuse.blocked(session, "RCPT")
+            if blocked.refused:
+                return self._refused(session, "rcpt", blocked, recipient=event.forward_path)
         result, recipient = await self._recipients.resolve(session, envelope, event)
         if result.refused or recipient is None:
             event_name = "relay" if result.reason == "relay denied" else "rcpt"
+            if abuse is not None:
+                result = abuse.recipient_refused(session, result)
             return self._refused(session, event_name, result, recipient=event.forward_path)
+        if abuse is not None and not is_duplicate(envelope, recipient):
+            limited = await abuse.check_rcpt(session, envelope, recipient)
+            if limited.refused:
+                return self._refused(session, "rcpt", limited, recipient=event.forward_path)
         self._log.info(
             "smtp.rcpt",
             session=session.session_id,
@@ -163,7 +191,7 @@ class Pipeline:
                 os.unlink(spool)
             return body
         try:
-            local = await self._local_targets(envelope, quarantine=body.quarantine)
+            local = await self._local_targets(envelope, quarantine=body.quarantine, junk=body.junk)
         except StoreError as exc:
             self._log.error("message.store_failed", session=session.session_id, error=str(exc))
             with contextlib.suppress(FileNotFoundError):
@@ -193,6 +221,7 @@ class Pipeline:
             local_recipients=len(local),
             queued_recipients=len(outbound),
             quarantined=body.quarantine,
+            junk_recipients=len(body.junk),
         )
         if receipt.held:
             assert body.hold is not None
@@ -208,12 +237,15 @@ class Pipeline:
             self.on_queued()
         return MESSAGE_ACCEPTED
 
-    async def _local_targets(self, envelope: Envelope, *, quarantine: bool) -> list[LocalTarget]:
+    async def _local_targets(
+        self, envelope: Envelope, *, quarantine: bool, junk: frozenset[int] = frozenset()
+    ) -> list[LocalTarget]:
         targets = []
         for r in envelope.recipients:
             if not isinstance(r, LocalRecipient):
                 continue
-            target = await self._junk(r.account_id) if quarantine else LocalTarget(r.account_id)
+            to_junk = quarantine or r.account_id in junk
+            target = await self._junk(r.account_id) if to_junk else LocalTarget(r.account_id)
             targets.append(target)
         return targets
 
@@ -260,15 +292,22 @@ class Pipeline:
             )
         added = b""
         quarantine = False
+        report = None
         if self._authenticator.applies(session):
             source = MessageSource(content, spool, trace_length, size)
-            result, _report = await self._authenticator.check(session, envelope, section, source)
+            result, report = await self._authenticator.check(session, envelope, section, source)
             if result.refused:
                 return self._refused(session, "data", result)
             added = b"".join(f"{n}:{v}\r\n".encode("ascii", "replace") for n, v in result.headers)
             quarantine = result.decision == Decision.QUARANTINE
+            if self.untrusted_fields:
+                stripped, dropped = remove_fields(stripped, self.untrusted_fields)
+                removed += dropped
         hold = None
-        view = MessageView(session, envelope, section, content, spool, trace_length, size)
+        junk: frozenset[int] = frozenset()
+        view = MessageView(
+            session, envelope, section, content, spool, trace_length, size, auth=report
+        )
         for check in self.content_checks:
             if not check.applies(session):
                 continue
@@ -278,7 +317,9 @@ class Pipeline:
             added += b"".join(f"{n}: {v}\r\n".encode("ascii", "replace") for n, v in result.headers)
             if result.decision == Decision.QUARANTINE and hold is None:
                 hold = QuarantineHold(check.name, result.reason)
-        return _Body(trace, section, stripped if removed else None, added, quarantine, hold)
+            junk |= result.junk
+        new_section = stripped if removed else None
+        return _Body(trace, section, new_section, added, quarantine, hold, junk)
 
     async def _rewrite(
         self, spool: Path, content: bytes | None, trace_length: int, body: _Body

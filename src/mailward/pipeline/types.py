@@ -27,6 +27,8 @@ class CheckResult:
     reply: Reply | None = None
     reason: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    # Local accounts whose copy goes to their Junk mailbox (spam scoring, per recipient).
+    junk: frozenset[int] = frozenset()
 
     @property
     def refused(self) -> bool:

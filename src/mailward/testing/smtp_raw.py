@@ -134,7 +134,7 @@ def mbox_messages(mbox: bytes) -> list[bytes]:
 
 def split_trace(data: bytes) -> tuple[list[bytes], bytes]:
     """The leading fields mailward prepends (Return-Path:, Authentication-Results:,
-    Received:; unfolded) and the bytes after them."""
+    X-Spam-Score/-Status/-Flag:, Received:; unfolded) and the bytes after them."""
     fields: list[bytes] = []
     rest = data
     while True:
@@ -143,7 +143,10 @@ def split_trace(data: bytes) -> tuple[list[bytes], bytes]:
             break
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1] += b" " + line.strip()
-        elif re.match(rb"(?i)^(return-path|authentication-results|received):", line):
+        elif re.match(
+            rb"(?i)^(return-path|authentication-results|x-spam-(?:score|status|flag)|received):",
+            line,
+        ):
             fields.append(line)
         else:
             break
