@@ -36,6 +36,7 @@ from mailward.queue.mta_sts import MtaStsCache
 from mailward.queue.worker import QueueWorker, WorkerConfigError, WorkerSettings
 from mailward.resolver import DnsResolver, Resolver
 from mailward.scan.clamd import ClamdClient
+from mailward.scan.rspamd import RspamdClient
 from mailward.spam.blocklists import (
     DEFAULT_DNSBL_SCORE,
     DEFAULT_RHSBL_SCORE,
@@ -232,6 +233,7 @@ def spam_check(config: Config, log: EventLog, resolver: Resolver) -> SpamCheck:
         blocklists=blocklists,
         junk_score=spam.junk_score,
         reject_score=spam.reject_score,
+        rspamd=RspamdClient(spam.rspamd, timeout=spam.rspamd_timeout) if spam.rspamd else None,
     )
 
 

@@ -27,6 +27,7 @@ from mailward.pipeline.types import (
     RemoteRecipient,
     SessionInfo,
 )
+from mailward.scan.rspamd import RspamdUnavailable
 from mailward.spam.blocklists import Blocklists, Zone
 from mailward.spam.rules import GTUBE
 from mailward.testing.fake_dns import FakeResolver
@@ -206,7 +207,7 @@ def test_failing_scorers_add_nothing_and_are_logged() -> None:
     dns = healthy_dns()
     dns.fail("20.69.2.81.bl.test", "A")
     h = Harness(
-        dns, dnsbl=[Zone("bl.test", 5.0)], rspamd=FakeRspamd(error=ConnectionRefusedError())
+        dns, dnsbl=[Zone("bl.test", 5.0)], rspamd=FakeRspamd(error=RspamdUnavailable("down"))
     )
     result = h.run(view(message()))
     assert result.decision == Decision.ACCEPT and fields(result)["X-Spam-Score"] == "0.0"

@@ -46,6 +46,7 @@ from mailward.pipeline.content import MessageView
 from mailward.pipeline.types import CheckResult, Decision, LocalRecipient, SessionInfo, reject
 from mailward.proto.replies import Reply
 from mailward.resolver import DnsTemporaryError, Resolver
+from mailward.scan.rspamd import RspamdError
 from mailward.spam import rules
 from mailward.spam.blocklists import Blocklists, public_address
 from mailward.spam.rules import AuthVerdicts, Hit
@@ -226,11 +227,10 @@ class SpamCheck:
                 helo=session.helo,
                 sender=message.envelope.sender,
                 recipients=[r.address for r in message.envelope.recipients],
-                hostname=self._hostname,
                 user=session.account_address,
                 queue_id=session.session_id,
             )
-        except (OSError, ValueError, RuntimeError) as exc:  # RspamdError is a RuntimeError
+        except (RspamdError, OSError, ValueError) as exc:
             self._log.warning(
                 "spam.rspamd_failed", session=session.session_id, error=type(exc).__name__
             )
