@@ -1,4 +1,4 @@
-"""Administrative operations: what `mailward init/user/alias/domain/dns/dkim/export/import` do.
+"""Administrative operations: what `mailward init/user/alias/domain/dns/dkim/export/import/spam` do.
 
 The CLI (`cli/main.py`) only parses arguments, calls one function here and renders the
 result; everything with a rule in it lives here, over the `MailStore` Protocol, so the
@@ -26,7 +26,7 @@ import hashlib
 import ipaddress
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -34,6 +34,10 @@ from typing import BinaryIO, Protocol
 from mailward.config.schema import CONFIG_FILE, PORTS, Config
 from mailward.files import atomic_write, private_directory
 from mailward.message import mbox
+from mailward.spam.bayes import BayesFilter
+from mailward.spam.tokens import message_tokens
+from mailward.spam.training import JUNK_KEYWORD, NOT_JUNK_KEYWORD, is_junk
+from mailward.spam.training import READ_LIMIT as SPAM_READ_LIMIT
 from mailward.store.api import (
     AlreadyExists,
     Delivery,
@@ -43,6 +47,7 @@ from mailward.store.api import (
     NotFound,
     QuarantinedMessage,
     QueueEntry,
+    SpecialUse,
     StoreError,
     canonical_address,
 )
@@ -811,3 +816,150 @@ async def quarantine_delete(store: MailStore, entry_id: int) -> None:
         await store.delete_quarantined(entry_id)
     except NotFound:
         raise AdminError(f"no quarantined message {entry_id}") from None
+
+
+# --------------------------------------------------------------------------- spam (Bayes)
+
+# Newest messages per class `spam train --from-mailboxes` reads (bounded work).
+SPAM_TRAIN_LIMIT = 2000
+
+
+@dataclass
+class SpamTrainResult:
+    trained: int = 0  # counted now (new, or moved from the other class)
+    unchanged: int = 0  # trained as this class already
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (label, problem)
+
+
+@dataclass(frozen=True)
+class SpamStatus:
+    address: str
+    spam: int  # messages trained as spam
+    ham: int
+    min_trained: int  # of each, before the filter gives verdicts
+    enabled: bool  # spam.bayes in the configuration
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and min(self.spam, self.ham) >= self.min_trained
+
+
+def _spam_entries(source: Path, max_size: int) -> Iterator[mbox.MailEntry]:
+    """The messages of a file to train from: an mbox (starts with "From "), a Maildir,
+    or one RFC 5322 message."""
+    if source.is_dir():
+        yield from _entries(source, max_size, None)
+        return
+    try:
+        with open(source, "rb") as handle:
+            head = handle.read(5)
+            if head == b"From ":
+                handle.seek(0)
+                yield from mbox.MboxReader(handle, max_size=max_size)
+                return
+            data = head + handle.read(max_size)
+    except OSError as exc:
+        raise AdminError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_size:
+        yield mbox.MailEntry(str(source), b"", problem=f"larger than {max_size} bytes")
+    elif not data.strip() or b":" not in data.split(b"\n", 1)[0]:
+        yield mbox.MailEntry(str(source), b"", problem="not an RFC 5322 message or mbox")
+    else:
+        yield mbox.MailEntry(str(source), data)
+
+
+async def _train_one(
+    bayes: BayesFilter, account_id: int, key: str, data: bytes, *, spam: bool
+) -> bool:
+    tokens = await asyncio.to_thread(message_tokens, data[:SPAM_READ_LIMIT])
+    return await bayes.train(account_id, key, tokens, spam=spam)
+
+
+async def spam_train_files(
+    store: MailStore,
+    address: str,
+    sources: Sequence[Path],
+    *,
+    spam: bool,
+    max_size: int = mbox.DEFAULT_MAX_SIZE,
+    problem: ProblemCallback | None = None,
+) -> SpamTrainResult:
+    """Train a user's Bayes filter with every message of the files (RFC 5322 messages,
+    mbox files, Maildirs) as spam or ham. A message is keyed by the SHA-256 of its
+    CRLF form, so training the same file again changes nothing."""
+    account_id = await _account_id(store, address)
+    bayes = BayesFilter(store)
+    result = SpamTrainResult()
+    for source in sources:
+        if not source.exists():
+            raise AdminError(f"{source}: no such file or directory")
+        for entry in _spam_entries(source, max_size):
+            if entry.problem:
+                result.skipped.append((entry.label, entry.problem))
+                if problem is not None:
+                    problem(entry.label, entry.problem)
+                continue
+            data = mbox.canonical_line_endings(entry.data)
+            key = "sha256:" + hashlib.sha256(data).hexdigest()
+            if await _train_one(bayes, account_id, key, data, spam=spam):
+                result.trained += 1
+            else:
+                result.unchanged += 1
+    return result
+
+
+async def spam_train_mailboxes(
+    store: MailStore, address: str, *, limit: int = SPAM_TRAIN_LIMIT
+) -> tuple[SpamTrainResult, SpamTrainResult]:
+    """Train a user's filter from their own mailboxes: the newest `limit` messages of
+    the Junk mailbox(es) as spam, of INBOX and Archive as ham (messages the user
+    marked $Junk / $NotJunk against their folder are left out). Keyed by blob id, as
+    IMAP training is. Returns the (spam, ham) results."""
+    if limit < 1:
+        raise AdminError("the limit must be at least 1")
+    account_id = await _account_id(store, address)
+    boxes = await store.list_mailboxes(account_id)
+    junk = [b for b in boxes if is_junk(b)]
+    ham = [
+        b
+        for b in boxes
+        if not is_junk(b)
+        and (b.name == "INBOX" or b.special_use == SpecialUse.ARCHIVE or b.name == "Archive")
+    ]
+    bayes = BayesFilter(store)
+    results: dict[bool, SpamTrainResult] = {}
+    # Ham first: a message copied into both Junk and INBOX ends up trained as spam.
+    for spam, mailboxes in ((False, ham), (True, junk)):
+        against = (NOT_JUNK_KEYWORD if spam else JUNK_KEYWORD).lower()
+        newest: list[tuple[float, int, str, str]] = []
+        for box in mailboxes:
+            for info in await store.list_messages(account_id, box.name):
+                if against not in {f.lower() for f in info.flags}:
+                    newest.append((info.internal_date, info.uid, info.blob_id, box.name))
+        newest.sort(reverse=True)
+        chosen: dict[str, tuple[int, str]] = {}  # blob id -> (uid, mailbox): copies once
+        for _date, uid, blob_id, name in newest:
+            if len(chosen) >= limit:
+                break
+            chosen.setdefault(blob_id, (uid, name))
+        result = results[spam] = SpamTrainResult()
+        for blob_id, (uid, name) in chosen.items():
+            try:
+                data = await store.read_blob(blob_id, 0, SPAM_READ_LIMIT)
+            except NotFound:
+                result.skipped.append((f"{name} uid {uid}", "expunged meanwhile"))
+                continue
+            if await _train_one(bayes, account_id, blob_id, data, spam=spam):
+                result.trained += 1
+            else:
+                result.unchanged += 1
+    return results[True], results[False]
+
+
+async def spam_status(
+    store: MailStore, address: str, *, enabled: bool, min_trained: int
+) -> SpamStatus:
+    """How much a user's Bayes filter has learnt, and whether it gives verdicts."""
+    account_id = await _account_id(store, address)
+    spam, ham = await BayesFilter(store, min_trained=min_trained).trained(account_id)
+    return SpamStatus(check_address(address), spam, ham, max(1, min_trained), enabled)

@@ -8,9 +8,11 @@ DNSBL lists as its test entry (RFC 5782 5). Results are read back with
 
 from __future__ import annotations
 
+import random
 import smtplib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +60,7 @@ def srv(
             "dns.timeout": "3",
             "spam.dnsbl": '["bl.test=6"]',
             "spam.rspamd": rspamd.url,
+            "spam.bayes_min_trained": "5",
         },
     ) as server:
         yield server
@@ -168,3 +171,63 @@ def test_rspamd_down_mail_still_flows(
         [msg] = stored(server, marker)
         assert "RSPAMD" not in spam_fields(msg)["x-spam-status"]
         assert server.wait_for_events("spam.rspamd_failed")
+
+
+SPAM_WORDS = [
+    "cheap",
+    "pills",
+    "prize",
+    "winner",
+    "crypto",
+    "casino",
+    "loan",
+    "approved",
+    "urgent",
+    "claim",
+    "bonus",
+    "offer",
+]
+HAM_WORDS = [
+    "meeting",
+    "agenda",
+    "budget",
+    "report",
+    "minutes",
+    "project",
+    "review",
+    "draft",
+    "schedule",
+    "lunch",
+]
+
+
+def corpus(words: list[str], seed: int, count: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(40)) for _ in range(count)]
+
+
+def test_each_users_bayes_filter_scores_their_mail(srv: RunningServer, tmp_path: Path) -> None:
+    files: dict[str, list[str]] = {"--spam": [], "--ham": []}
+    for flag, words, seed in (("--spam", SPAM_WORDS, 1), ("--ham", HAM_WORDS, 2)):
+        for i, text in enumerate(corpus(words, seed, 6)):
+            path = tmp_path / f"{flag[2:]}{i}.eml"
+            path.write_bytes(message(f"{flag}{i}", text))
+            files[flag].append(str(path))
+    for flag, paths in files.items():
+        srv.cli("spam", "train", ALICE, flag, *paths)
+    status = srv.cli("spam", "status", ALICE).stdout.decode()
+    assert "6" in status, status
+    spam_marker, ham_marker = uuid.uuid4().hex, uuid.uuid4().hex
+    send(srv, message(spam_marker, corpus(SPAM_WORDS, 3, 1)[0]))
+    send(srv, message(ham_marker, corpus(HAM_WORDS, 4, 1)[0]))
+    [spam] = stored(srv, spam_marker) + stored(srv, spam_marker, "Junk")
+    [ham] = stored(srv, ham_marker)
+    assert "BAYES_99=" in spam_fields(spam)["x-spam-status"]
+    assert "BAYES_00=" in spam_fields(ham)["x-spam-status"]
+    # Bob's filter is untrained: the same spam to him carries no Bayes verdict.
+    marker = uuid.uuid4().hex
+    with smtplib.SMTP(srv.host, srv.smtp_port, "mail.client.test", TIMEOUT) as smtp:
+        smtp.sendmail("carol@client.test", [BOB], message(marker, corpus(SPAM_WORDS, 3, 1)[0]))
+    out = srv.cli("export", BOB).stdout
+    [to_bob] = [m for m in mbox_messages(out) if marker.encode() in m]
+    assert "BAYES" not in spam_fields(to_bob)["x-spam-status"]

@@ -595,6 +595,91 @@ def cmd_quarantine_delete(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_spam_train(args: argparse.Namespace, ctx: Context) -> int:
+    data_dir = _initialised(args)
+    if args.from_mailboxes:
+
+        async def from_mailboxes() -> tuple[admin.SpamTrainResult, admin.SpamTrainResult]:
+            async with admin.opened_store(data_dir) as store:
+                return await admin.spam_train_mailboxes(store, args.address, limit=args.limit)
+
+        spam, ham = ctx.run(from_mailboxes())
+        shown: list[tuple[str, str, admin.SpamTrainResult]] = [
+            ("spam", "Junk", spam),
+            ("ham", "INBOX and Archive", ham),
+        ]
+        for label, where, done in shown:
+            _out(
+                f"trained {done.trained} message{'s' * (done.trained != 1)} from {where} as "
+                f"{label} ({done.unchanged} already trained)"
+            )
+        return 0
+    files: list[Path] = args.spam or args.ham
+    max_size = _load(data_dir).limits.message_size
+    label = "spam" if args.spam else "ham"
+
+    def problem(where: str, why: str) -> None:
+        _err(f"mailward: skipped {where}: {why}")
+
+    async def from_files() -> admin.SpamTrainResult:
+        async with admin.opened_store(data_dir) as store:
+            return await admin.spam_train_files(
+                store,
+                args.address,
+                files,
+                spam=bool(args.spam),
+                max_size=max_size,
+                problem=problem,
+            )
+
+    result = ctx.run(from_files())
+    skipped = len(result.skipped)
+    _out(
+        f"trained {result.trained} message{'s' * (result.trained != 1)} as {label} for "
+        f"{args.address.lower()} ({result.unchanged} already trained)"
+        + (f"; skipped {skipped} (see above)" if skipped else "")
+    )
+    return 0
+
+
+def cmd_spam_status(args: argparse.Namespace, ctx: Context) -> int:
+    data_dir = _initialised(args)
+    spam_config = _load(data_dir).spam
+
+    async def go() -> admin.SpamStatus:
+        async with admin.opened_store(data_dir) as store:
+            return await admin.spam_status(
+                store,
+                args.address,
+                enabled=spam_config.bayes,
+                min_trained=spam_config.bayes_min_trained,
+            )
+
+    status = ctx.run(go())
+    if args.json:
+        row = {
+            "address": status.address,
+            "spam": status.spam,
+            "ham": status.ham,
+            "min_trained": status.min_trained,
+            "enabled": status.enabled,
+            "active": status.active,
+        }
+        _out(json.dumps(row, indent=2))
+        return 0
+    _out(f"{status.address}: trained {status.spam} spam, {status.ham} ham")
+    if status.active:
+        _out("Bayes filter: active")
+    elif not status.enabled:
+        _out("Bayes filter: off (spam.bayes = false)")
+    else:
+        _out(
+            f"Bayes filter: learning (needs at least {status.min_trained} spam and "
+            f"{status.min_trained} ham)"
+        )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     from mailward import app
 
@@ -926,6 +1011,57 @@ def build_parser() -> argparse.ArgumentParser:
         "mailward quarantine delete 7 --data DIR",
     )
     p.add_argument("id")
+
+    bayes = group(
+        "spam",
+        "train and inspect users' Bayes spam filters",
+        "Each user has a Bayes spam filter of their own. It learns from what they move\n"
+        "into Junk (spam) and out of Junk (ham) and from the $Junk / $NotJunk keywords\n"
+        "their mail client sets; these commands train it from files or from the\n"
+        "user's mailboxes, and show what it has learnt.",
+    )
+    p = command(
+        bayes,
+        "train",
+        cmd_spam_train,
+        "train a user's Bayes filter",
+        "Train ADDRESS's filter with messages: FILEs (RFC 5322 messages, mbox files or\n"
+        "Maildirs) as --spam or --ham, or --from-mailboxes: the newest messages of the\n"
+        "user's Junk mailbox as spam and of INBOX and Archive as ham (--limit of each).\n"
+        "A message trained again as the same class is not counted twice; as the other\n"
+        "class it is moved. Works while the server runs.",
+        "mailward spam train alice@example.org --spam caught.mbox --data DIR",
+        "mailward spam train alice@example.org --ham ~/Maildir --data DIR",
+        "mailward spam train alice@example.org --from-mailboxes --data DIR",
+    )
+    p.add_argument("address")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--spam", nargs="+", type=Path, metavar="FILE", help="train these as spam")
+    kind.add_argument(
+        "--ham", nargs="+", type=Path, metavar="FILE", help="train these as wanted mail"
+    )
+    kind.add_argument(
+        "--from-mailboxes", action="store_true", help="train from Junk, INBOX and Archive"
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=admin.SPAM_TRAIN_LIMIT,
+        metavar="N",
+        help=f"newest messages of each class with --from-mailboxes ({admin.SPAM_TRAIN_LIMIT})",
+    )
+    p = command(
+        bayes,
+        "status",
+        cmd_spam_status,
+        "show what a user's Bayes filter has learnt",
+        "Show how many spam and ham messages ADDRESS's filter has been trained with and\n"
+        "whether it gives verdicts yet (spam.bayes_min_trained of each).",
+        "mailward spam status alice@example.org --data DIR",
+        "mailward spam status alice@example.org --json --data DIR",
+    )
+    p.add_argument("address")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command(
         commands,

@@ -35,6 +35,7 @@ from mailward.proto.imap_wire import (
 from mailward.proto.sasl import (
     SaslMechanism,
 )
+from mailward.spam.training import JunkTrainer
 from mailward.store.api import (
     MailStore,
     SpecialUse,
@@ -66,6 +67,8 @@ class ImapServices:
     tls_handshake_timeout: float
     append_limit: int
     poll_interval: float = 10.0  # changes made by other processes are seen this late
+    # Bayes training from Junk moves and $Junk / $NotJunk (None: no training).
+    trainer: JunkTrainer | None = None
 
 
 class Refused(Exception):

@@ -2,7 +2,9 @@
 FETCH (RFC 9051 6.4.5, RFC 3516 BINARY, RFC 7162 CHANGEDSINCE/VANISHED), STORE
 (UNCHANGEDSINCE), COPY / MOVE (RFC 6851, COPYUID), EXPUNGE / UID EXPUNGE, SEARCH
 (ESEARCH RFC 4731, SEARCHRES RFC 5182). Whole-message FETCH streams from the blob in
-chunks; APPEND answers OK only after the store made the message durable.
+chunks; APPEND answers OK only after the store made the message durable. APPEND, STORE
+and COPY / MOVE tell the Junk trainer (spam/training.py) what the user did, which
+trains their Bayes filter in the background, never delaying or failing the command.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ class MessageCommands(SessionBase):
         )
         uid = receipt.stored[0][1]
         self.log.info("imap.append", session=self.info.session_id, mailbox_id=mailbox.id, uid=uid)
+        if self.svc.trainer is not None:  # Bayes training, in the background
+            self.svc.trainer.on_append(self.account, mailbox, receipt.blob_id, flags)
         return f"APPENDUID {mailbox.uidvalidity} {uid}"
 
     def _resolve(
@@ -259,6 +263,8 @@ class MessageCommands(SessionBase):
         )
         for info in update.changed:
             sel.own_modseqs.add(info.modseq)
+        if self.svc.trainer is not None:  # $Junk / $NotJunk: Bayes training, in the background
+            self.svc.trainer.on_store(self.account, FlagMode(args.mode), flags, update.changed)
         if not args.silent:
             for info in sorted([*update.changed, *update.unchanged], key=lambda i: i.uid):
                 seq = sel.seq_of(info.uid)
@@ -296,7 +302,8 @@ class MessageCommands(SessionBase):
         if move and sel.readonly:
             raise Refused("Mailbox is read-only", "READ-ONLY")
         dest = self._name(args.mailbox)
-        if await self.store.get_mailbox(self.account, dest) is None:
+        target = await self.store.get_mailbox(self.account, dest)
+        if target is None:
             raise Refused("No such mailbox", "TRYCREATE")
         pairs = self._resolve(sel, args.set, c.uid)
         verb = "MOVE" if move else "COPY"
@@ -307,6 +314,10 @@ class MessageCommands(SessionBase):
             result = await self.store.move_messages(self.account, sel.mailbox_id, uids, dest)
         else:
             result = await self.store.copy_messages(self.account, sel.mailbox_id, uids, dest)
+        if self.svc.trainer is not None:  # into or out of Junk: Bayes training, in the background
+            self.svc.trainer.on_copy(
+                self.account, sel.mailbox_id, target, [d for _, d in result.pairs]
+            )
         sources = compress([src for src, _ in result.pairs])
         code = f"COPYUID {result.uidvalidity} {sources} {compress([d for _, d in result.pairs])}"
         if not move:

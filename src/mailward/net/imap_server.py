@@ -55,6 +55,7 @@ from mailward.proto.sasl import (
     encode_challenge,
     new_mechanism,
 )
+from mailward.spam.training import JunkTrainer
 from mailward.store.api import (
     AlreadyExists,
     MailStore,
@@ -404,6 +405,8 @@ def imap_services(
     store: MailStore,
     authenticator: Authenticator,
     log: EventLog,
+    *,
+    trainer: JunkTrainer | None = None,
 ) -> ImapServices:
     return ImapServices(
         hostname=config.server.hostname,
@@ -415,6 +418,7 @@ def imap_services(
         idle_timeout=config.timeouts.imap_idle,
         tls_handshake_timeout=config.timeouts.tls_handshake,
         append_limit=config.limits.message_size,
+        trainer=trainer,
     )
 
 

@@ -273,6 +273,48 @@ class DeliveryReceipt:
     held: int = 0  # the quarantine id when the delivery was held
 
 
+# Bayes spam filter (spam/bayes.py): the most tokens one trained message may add.
+MAX_BAYES_TOKENS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class BayesCounts:
+    """An account's Bayes training: how many messages it trained as spam and as ham,
+    and for each asked-for token it has seen, in how many of each (spam, ham)."""
+
+    spam_messages: int
+    ham_messages: int
+    tokens: dict[int, tuple[int, int]]
+
+
+# Abuse limits (pipeline/abuse): per-account sending history, greylisting triplets.
+MAX_SENDING_RECIPIENTS = 1000  # addresses per new_recipients / record_sending call
+
+
+@dataclass(frozen=True, slots=True)
+class SendingCounts:
+    """What an account sent in a period: messages, and recipients it had never sent
+    to before (pipeline/sending_limits.py)."""
+
+    messages: int
+    new_recipients: int
+
+
+@dataclass(frozen=True, slots=True)
+class GreylistEntry:
+    """One greylisting triplet (RFC 6647; pipeline/greylist.py): client network,
+    envelope sender and recipient (canonical), the account the recipient delivers to,
+    when it was first and last seen (Unix time), and whether a retry has passed."""
+
+    network: str
+    sender: str
+    recipient: str
+    account_id: int
+    first_seen: float
+    last_seen: float
+    passed: bool
+
+
 def canonical_address(address: str) -> str:
     """Lower-case the whole address: lookups treat local parts case-insensitively,
     as every mainstream server does and users expect (RFC 5321 2.4 permits it)."""
@@ -459,6 +501,63 @@ class MailStore(Protocol):
         ...
 
     async def delete_quarantined(self, quarantine_id: int) -> None: ...
+
+    # Bayes spam filter (spam/bayes.py): per-account token counts, nothing shared
+    # between accounts. Tokens are signed 64-bit integers (spam/tokens.py).
+    async def bayes_counts(self, account_id: int, tokens: Sequence[int]) -> BayesCounts:
+        """The account's trained message totals and the counts of those of `tokens` it
+        has seen (tokens never seen are absent). An account without training, or that
+        does not exist, has zero totals and no tokens. At most MAX_BAYES_TOKENS
+        distinct tokens a call (StoreError beyond, or for one outside int64)."""
+        ...
+
+    async def bayes_train(
+        self, account_id: int, message_key: str, tokens: Sequence[int], spam: bool | None
+    ) -> bool:
+        """Train one message (`message_key`: a blob id, or any stable name of its
+        content) as spam (True) or ham (False), or forget it (None), in one
+        transaction; returns whether any count changed. Training a message again as
+        the same class changes nothing; as the other class it is moved (what it added
+        is subtracted from the old class, `tokens` added to the new); forgetting
+        subtracts what it added (`tokens` is then ignored). Counts never go negative.
+        Duplicate tokens count once; more than MAX_BAYES_TOKENS distinct tokens, or
+        one outside the signed 64-bit range: StoreError. NotFound if the account does
+        not exist (training only)."""
+        ...
+
+    # Abuse limits (pipeline/abuse): sending history per account (nothing shared
+    # between accounts; dropped with the account) and greylisting triplets.
+    async def sending_counts(self, account_id: int, since: float) -> SendingCounts:
+        """Messages and first-time recipients the account sent from `since` (Unix
+        time) on. Counted in hourly buckets: the hour `since` falls in counts whole.
+        Zero for an account that sent nothing or does not exist."""
+        ...
+
+    async def new_recipients(self, account_id: int, addresses: Sequence[str]) -> set[str]:
+        """The canonical forms of those `addresses` the account never sent to (as
+        recorded by `record_sending`). At most MAX_SENDING_RECIPIENTS (StoreError)."""
+        ...
+
+    async def record_sending(self, account_id: int, at: float, recipients: Sequence[str]) -> int:
+        """Count one message the account sent at `at` to `recipients` (canonicalised,
+        duplicates once) in one transaction, and remember them; returns how many were
+        first-time recipients. Buckets older than two days are dropped. NotFound if
+        the account does not exist; StoreError beyond MAX_SENDING_RECIPIENTS."""
+        ...
+
+    async def greylist_entry(
+        self, network: str, sender: str, recipient: str
+    ) -> GreylistEntry | None: ...
+
+    async def save_greylist_entry(self, entry: GreylistEntry) -> None:
+        """Insert or replace the entry of its (network, sender, recipient); NotFound if
+        its account does not exist."""
+        ...
+
+    async def prune_greylist(self, unpassed_before: float, passed_before: float) -> int:
+        """Forget triplets never passed that were first seen before `unpassed_before`
+        and passed ones last seen before `passed_before`; returns how many."""
+        ...
 
     def watch(self, account_id: int, callback: Callable[[int], None]) -> Callable[[], None]:
         """Call `callback(mailbox_id)` on the caller's event loop after any commit that

@@ -71,6 +71,7 @@ import queue
 import re
 import sqlite3
 import stat
+import struct
 import threading
 import time
 import urllib.parse
@@ -83,15 +84,19 @@ from typing import Any, BinaryIO, TypeVar
 from mailward.files import private_directory
 from mailward.store.api import (
     DEFAULT_MAILBOXES,
+    MAX_BAYES_TOKENS,
     MAX_HEADER_READ,
+    MAX_SENDING_RECIPIENTS,
     Account,
     Alias,
     AlreadyExists,
+    BayesCounts,
     CopyResult,
     Delivery,
     DeliveryReceipt,
     FlagMode,
     FlagUpdate,
+    GreylistEntry,
     LocalTarget,
     Mailbox,
     MailboxChanges,
@@ -104,6 +109,7 @@ from mailward.store.api import (
     QueueState,
     QueueUpdate,
     Quota,
+    SendingCounts,
     SpecialUse,
     StoreError,
     canonical_address,
@@ -1967,6 +1973,191 @@ class SqliteStore:
 
         await self._unlink_blobs(await self._write(op))
 
+    # ---- Bayes spam filter (spam/bayes.py; migration 0005) ----------------------------
+
+    async def bayes_counts(self, account_id: int, tokens: Sequence[int]) -> BayesCounts:
+        wanted = _bayes_token_list(tokens)
+
+        def q(conn: sqlite3.Connection) -> BayesCounts:
+            row = conn.execute(
+                "SELECT spam, ham FROM bayes_totals WHERE account_id = ?", (account_id,)
+            ).fetchone()
+            if row is None:
+                return BayesCounts(0, 0, {})
+            found: dict[int, tuple[int, int]] = {}
+            for i in range(0, len(wanted), _SQL_CHUNK):
+                chunk = wanted[i : i + _SQL_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                for token, spam, ham in conn.execute(
+                    "SELECT token, spam, ham FROM bayes_tokens"  # noqa: S608 - only "?" marks
+                    f" WHERE account_id = ? AND token IN ({marks})",
+                    [account_id, *chunk],
+                ):
+                    found[token] = (spam, ham)
+            return BayesCounts(int(row[0]), int(row[1]), found)
+
+        return await self._read(q)
+
+    async def bayes_train(
+        self, account_id: int, message_key: str, tokens: Sequence[int], spam: bool | None
+    ) -> bool:
+        if (
+            not isinstance(message_key, str)
+            or not 0 < len(message_key) <= 255
+            or any(ord(c) < 0x21 or c == "\x7f" for c in message_key)
+        ):
+            raise StoreError("invalid message key")
+        new = [] if spam is None else _bayes_token_list(tokens)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT id, spam, tokens FROM bayes_trained WHERE account_id = ?"
+                " AND message_key = ?",
+                (account_id, message_key),
+            ).fetchone()
+            if row is not None and (spam is None or bool(row[1]) != spam):
+                # Forget, or move to the other class: take back exactly what it added.
+                _bayes_count(conn, account_id, _bayes_unpack(row[2]), spam=bool(row[1]), add=False)
+            if spam is None:
+                if row is None:
+                    return False
+                conn.execute("DELETE FROM bayes_trained WHERE id = ?", (row[0],))
+                return True
+            if row is not None and bool(row[1]) == spam:
+                return False
+            if row is None:
+                exists = conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,))
+                if exists.fetchone() is None:
+                    raise NotFound("no such account")
+            _bayes_count(conn, account_id, new, spam=spam, add=True)
+            conn.execute(
+                "INSERT INTO bayes_trained (account_id, message_key, spam, tokens, trained)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, message_key) DO UPDATE"
+                " SET spam = excluded.spam, tokens = excluded.tokens, trained = excluded.trained",
+                (account_id, message_key, int(spam), _bayes_pack(new), time.time()),
+            )
+            return True
+
+        return await self._write(op)
+
+    # ---- Abuse limits (pipeline/abuse; migration 0006) --------------------------------
+
+    async def sending_counts(self, account_id: int, since: float) -> SendingCounts:
+        def q(conn: sqlite3.Connection) -> SendingCounts:
+            row = conn.execute(
+                "SELECT coalesce(sum(messages), 0), coalesce(sum(new_recipients), 0)"
+                " FROM sending_counts WHERE account_id = ? AND hour >= ?",
+                (account_id, _hour(since)),
+            ).fetchone()
+            return SendingCounts(messages=int(row[0]), new_recipients=int(row[1]))
+
+        return await self._lookup(q)
+
+    async def new_recipients(self, account_id: int, addresses: Sequence[str]) -> set[str]:
+        wanted = _sending_recipients(addresses)
+        if not wanted:
+            return set()
+
+        def q(conn: sqlite3.Connection) -> set[str]:
+            marks = ",".join("?" * len(wanted))
+            known = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT recipient FROM sent_recipients"  # noqa: S608 - only "?" marks
+                    f" WHERE account_id = ? AND recipient IN ({marks})",
+                    (account_id, *wanted),
+                )
+            }
+            return set(wanted) - known
+
+        return await self._lookup(q)
+
+    async def record_sending(self, account_id: int, at: float, recipients: Sequence[str]) -> int:
+        wanted = _sending_recipients(recipients)
+
+        def op(conn: sqlite3.Connection) -> int:
+            if not conn.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone():
+                raise NotFound("no such account")
+            new = 0
+            for recipient in wanted:
+                new += conn.execute(
+                    "INSERT OR IGNORE INTO sent_recipients (account_id, recipient, first_sent)"
+                    " VALUES (?, ?, ?)",
+                    (account_id, recipient, at),
+                ).rowcount
+            hour = _hour(at)
+            conn.execute(
+                "INSERT INTO sending_counts (account_id, hour, messages, new_recipients)"
+                " VALUES (?, ?, 1, ?) ON CONFLICT (account_id, hour) DO UPDATE SET"
+                " messages = messages + 1,"
+                " new_recipients = new_recipients + excluded.new_recipients",
+                (account_id, hour, new),
+            )
+            conn.execute(
+                "DELETE FROM sending_counts WHERE account_id = ? AND hour < ?",
+                (account_id, hour - _SENDING_KEEP_HOURS),
+            )
+            return new
+
+        return await self._write(op)
+
+    async def greylist_entry(
+        self, network: str, sender: str, recipient: str
+    ) -> GreylistEntry | None:
+        def q(conn: sqlite3.Connection) -> GreylistEntry | None:
+            row = conn.execute(
+                "SELECT network, sender, recipient, account_id, first_seen, last_seen, passed"
+                " FROM greylist WHERE network = ? AND sender = ? AND recipient = ?",
+                (network, sender, recipient),
+            ).fetchone()
+            if row is None:
+                return None
+            return GreylistEntry(
+                network=row[0],
+                sender=row[1],
+                recipient=row[2],
+                account_id=row[3],
+                first_seen=row[4],
+                last_seen=row[5],
+                passed=bool(row[6]),
+            )
+
+        return await self._lookup(q)
+
+    async def save_greylist_entry(self, entry: GreylistEntry) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if not conn.execute(
+                "SELECT 1 FROM accounts WHERE id = ?", (entry.account_id,)
+            ).fetchone():
+                raise NotFound("no such account")
+            conn.execute(
+                "INSERT OR REPLACE INTO greylist (network, sender, recipient, account_id,"
+                " first_seen, last_seen, passed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.network,
+                    entry.sender,
+                    entry.recipient,
+                    entry.account_id,
+                    float(entry.first_seen),
+                    float(entry.last_seen),
+                    int(entry.passed),
+                ),
+            )
+
+        await self._write(op)
+
+    async def prune_greylist(self, unpassed_before: float, passed_before: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            removed = conn.execute(
+                "DELETE FROM greylist WHERE passed = 0 AND first_seen < ?", (unpassed_before,)
+            ).rowcount
+            removed += conn.execute(
+                "DELETE FROM greylist WHERE passed = 1 AND last_seen < ?", (passed_before,)
+            ).rowcount
+            return int(removed)
+
+        return await self._write(op)
+
     async def remove_orphan_blobs(self) -> list[str]:
         """Delete blob files no row references (left by a crash between a batch's
         blob sync and its commit, or before a post-delete unlink). Runs on the writer
@@ -1985,6 +2176,82 @@ class SqliteStore:
             return found
 
         return await self._write(op)
+
+
+# ---- Abuse limits helpers (pipeline/abuse) ----------------------------------------------
+
+_SENDING_KEEP_HOURS = 48  # sending_counts rows kept per account (the caps look back 24 h)
+
+
+def _hour(t: float) -> int:
+    return int(t // 3600)
+
+
+def _sending_recipients(addresses: Sequence[str]) -> list[str]:
+    wanted = sorted({canonical_address(a) for a in addresses})
+    if len(wanted) > MAX_SENDING_RECIPIENTS:
+        raise StoreError(f"more than {MAX_SENDING_RECIPIENTS} recipients")
+    return wanted
+
+
+# ---- Bayes spam filter helpers (bayes_counts / bayes_train) ---------------------------
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _bayes_token_list(tokens: Sequence[int]) -> list[int]:
+    """The distinct tokens, in order; StoreError for a non-integer, one outside the
+    signed 64-bit range, or more than MAX_BAYES_TOKENS of them."""
+    out = list(dict.fromkeys(tokens))
+    if len(out) > MAX_BAYES_TOKENS:
+        raise StoreError(f"more than {MAX_BAYES_TOKENS} Bayes tokens")
+    for token in out:
+        if type(token) is not int or not _INT64_MIN <= token <= _INT64_MAX:
+            raise StoreError("invalid Bayes token")
+    return out
+
+
+def _bayes_pack(tokens: Sequence[int]) -> bytes:
+    return struct.pack(f"<{len(tokens)}q", *tokens)
+
+
+def _bayes_unpack(blob: bytes) -> list[int]:
+    usable = len(blob) - len(blob) % 8
+    return list(struct.unpack(f"<{usable // 8}q", blob[:usable]))
+
+
+def _bayes_count(
+    conn: sqlite3.Connection, account_id: int, tokens: Sequence[int], *, spam: bool, add: bool
+) -> None:
+    """Count one message of class `spam` with `tokens` in (add) or out (not add);
+    counts stop at 0 and token rows left at 0 / 0 are deleted."""
+    column = "spam" if spam else "ham"  # one of two fixed names, never input
+    rows = [(account_id, t) for t in tokens]
+    if add:
+        conn.executemany(
+            f"INSERT INTO bayes_tokens (account_id, token, {column}) VALUES (?, ?, 1)"  # noqa: S608
+            f" ON CONFLICT (account_id, token) DO UPDATE SET {column} = {column} + 1",
+            rows,
+        )
+        conn.execute(
+            f"INSERT INTO bayes_totals (account_id, {column}) VALUES (?, 1)"  # noqa: S608
+            f" ON CONFLICT (account_id) DO UPDATE SET {column} = {column} + 1",
+            (account_id,),
+        )
+        return
+    conn.executemany(
+        f"UPDATE bayes_tokens SET {column} = max({column} - 1, 0)"  # noqa: S608
+        " WHERE account_id = ? AND token = ?",
+        rows,
+    )
+    conn.executemany(
+        "DELETE FROM bayes_tokens WHERE account_id = ? AND token = ? AND spam = 0 AND ham = 0",
+        rows,
+    )
+    conn.execute(
+        f"UPDATE bayes_totals SET {column} = max({column} - 1, 0) WHERE account_id = ?",  # noqa: S608
+        (account_id,),
+    )
 
 
 _QUARANTINE_COLS = "id, blob_id, sender, targets, check_name, reason, size, created"

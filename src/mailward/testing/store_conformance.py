@@ -25,11 +25,14 @@ from pathlib import Path
 
 from mailward.store.api import (
     DEFAULT_MAILBOXES,
+    MAX_BAYES_TOKENS,
+    MAX_SENDING_RECIPIENTS,
     Account,
     AlreadyExists,
     Delivery,
     DeliveryReceipt,
     FlagMode,
+    GreylistEntry,
     LocalTarget,
     Mailbox,
     MailStore,
@@ -40,6 +43,7 @@ from mailward.store.api import (
     QueueState,
     QueueUpdate,
     Quota,
+    SendingCounts,
     SpecialUse,
     StoreError,
 )
@@ -1278,3 +1282,208 @@ async def check_quarantine_hold_release_delete(store: MailStore) -> None:
     assert await store.list_quarantine() == []
     await _raises(NotFound, store.read_blob(second.blob_id))  # its own blob went with it
     assert await store.read_blob(first.blob_id) == data  # the released one is in use
+
+
+# ---- Abuse limits (pipeline/abuse): sending history and greylisting ------------------
+
+HOUR = 3600.0
+
+
+@_check
+async def check_sending_counts_per_account(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    t0 = 1_700_000_000.0
+    assert await store.sending_counts(alice.id, t0 - 86400) == SendingCounts(0, 0)
+    first = await store.record_sending(alice.id, t0, ["X@Remote.example", "y@remote.example"])
+    assert first == 2
+    # The same recipients again (any case) are not new; a duplicate counts once.
+    again = await store.record_sending(
+        alice.id, t0 + 60, ["x@remote.example", "z@remote.example", "Z@remote.example"]
+    )
+    assert again == 1
+    assert await store.sending_counts(alice.id, t0 - 86400) == SendingCounts(2, 3)
+    # Isolation: bob has sent nothing and knows nobody, even alice's recipients.
+    assert await store.sending_counts(bob.id, t0 - 86400) == SendingCounts(0, 0)
+    assert await store.new_recipients(bob.id, ["x@remote.example"]) == {"x@remote.example"}
+    assert await store.record_sending(bob.id, t0, ["x@remote.example"]) == 1
+    assert await store.sending_counts(alice.id, t0 - 86400) == SendingCounts(2, 3)
+    assert await store.new_recipients(alice.id, ["X@REMOTE.example", "w@remote.example"]) == {
+        "w@remote.example"
+    }
+    assert await store.new_recipients(alice.id, []) == set()
+    # Counts are per period: a day later the window is empty, the recipients known.
+    later = t0 + 2 * 86400
+    assert await store.sending_counts(alice.id, later - 86400) == SendingCounts(0, 0)
+    assert await store.record_sending(alice.id, later, ["x@remote.example"]) == 0
+    assert await store.sending_counts(alice.id, later - 86400) == SendingCounts(1, 0)
+    await _raises(NotFound, store.record_sending(999_999, t0, ["x@remote.example"]))
+    too_many = [f"r{i}@remote.example" for i in range(MAX_SENDING_RECIPIENTS + 1)]
+    await _raises(StoreError, store.new_recipients(alice.id, too_many))
+    await _raises(StoreError, store.record_sending(alice.id, t0, too_many))
+
+
+@_check
+async def check_sending_history_goes_with_account(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    await store.record_sending(alice.id, 1_700_000_000.0, ["x@remote.example"])
+    await store.delete_account("alice@example.org")
+    (again,) = await _setup(store, "alice@example.org")
+    assert await store.sending_counts(again.id, 0.0) == SendingCounts(0, 0)
+    assert await store.new_recipients(again.id, ["x@remote.example"]) == {"x@remote.example"}
+
+
+@_check
+async def check_greylist_entries(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    t0 = 1_700_000_000.0
+    net = "192.0.2.0/24"
+    assert await store.greylist_entry(net, "s@remote.example", "alice@example.org") is None
+    entry = GreylistEntry(net, "s@remote.example", "alice@example.org", alice.id, t0, t0, False)
+    await store.save_greylist_entry(entry)
+    assert await store.greylist_entry(net, "s@remote.example", "alice@example.org") == entry
+    # The triplet is the key: another network, sender or recipient is another entry.
+    other_net = "198.51.100.0/24"
+    assert await store.greylist_entry(other_net, "s@remote.example", entry.recipient) is None
+    assert await store.greylist_entry(net, "t@remote.example", entry.recipient) is None
+    assert await store.greylist_entry(net, "s@remote.example", "bob@example.org") is None
+    passed = GreylistEntry(net, entry.sender, entry.recipient, alice.id, t0, t0 + 90, True)
+    await store.save_greylist_entry(passed)  # replaces
+    assert await store.greylist_entry(net, entry.sender, entry.recipient) == passed
+    old = GreylistEntry(net, "old@remote.example", "bob@example.org", bob.id, t0, t0, False)
+    await store.save_greylist_entry(old)
+    await _raises(
+        NotFound,
+        store.save_greylist_entry(
+            GreylistEntry(net, "s@remote.example", "x@example.org", 999_999, t0, t0, False)
+        ),
+    )
+    # Unpassed entries expire by first_seen, passed ones by last_seen.
+    assert await store.prune_greylist(t0 + 1, t0 + 1) == 1
+    assert await store.greylist_entry(net, "old@remote.example", "bob@example.org") is None
+    assert await store.greylist_entry(net, entry.sender, entry.recipient) == passed
+    assert await store.prune_greylist(t0 + 1, t0 + 91) == 1
+    assert await store.greylist_entry(net, entry.sender, entry.recipient) is None
+    # Deleting the account forgets its triplets.
+    await store.save_greylist_entry(entry)
+    await store.delete_account("alice@example.org")
+    assert await store.greylist_entry(net, entry.sender, entry.recipient) is None
+
+
+# ---- Bayes spam filter (spam/bayes.py) --------------------------------------------------
+
+_INT64_EDGES = (-(1 << 63), (1 << 63) - 1, 0, -1)
+
+
+@_check
+async def check_bayes_counts_round_trip(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    empty = await store.bayes_counts(alice.id, [1, 2, 3])
+    assert (empty.spam_messages, empty.ham_messages, empty.tokens) == (0, 0, {})
+    assert await store.bayes_train(alice.id, "m1", [1, 2, 3, *_INT64_EDGES], True)
+    assert await store.bayes_train(alice.id, "m2", [2, 3, 3, 3], True)  # duplicates count once
+    assert await store.bayes_train(alice.id, "m3", [3, 4], False)
+    counts = await store.bayes_counts(alice.id, [1, 2, 3, 4, 5, *_INT64_EDGES])
+    assert (counts.spam_messages, counts.ham_messages) == (2, 1)
+    assert counts.tokens == {
+        1: (1, 0),
+        2: (2, 0),
+        3: (2, 1),
+        4: (0, 1),
+        **dict.fromkeys(_INT64_EDGES, (1, 0)),
+    }
+    # More tokens than one IN list holds: every one is found.
+    many = list(range(10_000, 10_000 + MAX_BAYES_TOKENS))
+    assert await store.bayes_train(alice.id, "big", many, False)
+    counts = await store.bayes_counts(alice.id, many)
+    assert counts.ham_messages == 2 and len(counts.tokens) == MAX_BAYES_TOKENS
+    assert set(counts.tokens.values()) == {(0, 1)}
+    await _raises(StoreError, store.bayes_train(alice.id, "m4", [*many, 1], True))
+    await _raises(StoreError, store.bayes_counts(alice.id, [*many, 1]))
+    await _raises(StoreError, store.bayes_train(alice.id, "m4", [1 << 63], True))
+    await _raises(StoreError, store.bayes_train(alice.id, "", [1], True))
+    await _raises(NotFound, store.bayes_train(alice.id + 1000, "m1", [1], True))
+
+
+@_check
+async def check_bayes_same_class_retrain_is_a_no_op(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    assert await store.bayes_train(alice.id, "m1", [1, 2], True)
+    assert not await store.bayes_train(alice.id, "m1", [1, 2], True)
+    assert not await store.bayes_train(alice.id, "m1", [1, 2, 3], True)
+    counts = await store.bayes_counts(alice.id, [1, 2, 3])
+    assert (counts.spam_messages, counts.ham_messages) == (1, 0)
+    assert counts.tokens == {1: (1, 0), 2: (1, 0)}
+
+
+@_check
+async def check_bayes_retrain_moves_class(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    assert await store.bayes_train(alice.id, "m1", [1, 2], True)
+    assert await store.bayes_train(alice.id, "m2", [2], True)
+    assert await store.bayes_train(alice.id, "m1", [1, 2], False)
+    counts = await store.bayes_counts(alice.id, [1, 2])
+    assert (counts.spam_messages, counts.ham_messages) == (1, 1)
+    assert counts.tokens == {1: (0, 1), 2: (1, 1)}
+    # What was added is what is taken back, whatever tokens the move brings.
+    assert await store.bayes_train(alice.id, "m1", [7], True)
+    counts = await store.bayes_counts(alice.id, [1, 2, 7])
+    assert (counts.spam_messages, counts.ham_messages) == (2, 0)
+    assert counts.tokens == {2: (1, 0), 7: (1, 0)}
+
+
+@_check
+async def check_bayes_forget(store: MailStore) -> None:
+    (alice,) = await _setup(store, "alice@example.org")
+    assert not await store.bayes_train(alice.id, "m1", [], None)  # never trained
+    assert await store.bayes_train(alice.id, "m1", [1, 2], True)
+    assert await store.bayes_train(alice.id, "m2", [2, 3], False)
+    assert await store.bayes_train(alice.id, "m1", [], None)
+    assert not await store.bayes_train(alice.id, "m1", [], None)
+    counts = await store.bayes_counts(alice.id, [1, 2, 3])
+    assert (counts.spam_messages, counts.ham_messages) == (0, 1)
+    assert counts.tokens == {2: (0, 1), 3: (0, 1)}
+    assert await store.bayes_train(alice.id, "m2", [9], None)  # tokens ignored
+    counts = await store.bayes_counts(alice.id, [1, 2, 3, 9])
+    assert (counts.spam_messages, counts.ham_messages, counts.tokens) == (0, 0, {})
+    # Trained again after forgetting: counted again.
+    assert await store.bayes_train(alice.id, "m1", [1], True)
+    assert (await store.bayes_counts(alice.id, [1])).tokens == {1: (1, 0)}
+
+
+@_check
+async def check_bayes_walled_off(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    assert await store.bayes_train(alice.id, "shared-key", [1, 2], True)
+    bob_view = await store.bayes_counts(bob.id, [1, 2])
+    assert (bob_view.spam_messages, bob_view.ham_messages, bob_view.tokens) == (0, 0, {})
+    # The same key is a different message for each account.
+    assert await store.bayes_train(bob.id, "shared-key", [2, 3], False)
+    assert not await store.bayes_train(bob.id, "shared-key", [2, 3], False)
+    assert not await store.bayes_train(bob.id, "other", [], None)
+    alice_view = await store.bayes_counts(alice.id, [1, 2, 3])
+    assert (alice_view.spam_messages, alice_view.ham_messages) == (1, 0)
+    assert alice_view.tokens == {1: (1, 0), 2: (1, 0)}
+    bob_view = await store.bayes_counts(bob.id, [1, 2, 3])
+    assert (bob_view.spam_messages, bob_view.ham_messages) == (0, 1)
+    assert bob_view.tokens == {2: (0, 1), 3: (0, 1)}
+    assert await store.bayes_train(bob.id, "shared-key", [], None)
+    assert (await store.bayes_counts(alice.id, [1, 2])).tokens == {1: (1, 0), 2: (1, 0)}
+
+
+@_check
+async def check_bayes_delete_account(store: MailStore) -> None:
+    alice, bob = await _setup(store, "alice@example.org", "bob@example.org")
+    assert await store.bayes_train(alice.id, "m1", [1, 2], True)
+    assert await store.bayes_train(alice.id, "m2", [2], False)
+    assert await store.bayes_train(bob.id, "m1", [1], True)
+    await store.delete_account("alice@example.org")
+    gone = await store.bayes_counts(alice.id, [1, 2])
+    assert (gone.spam_messages, gone.ham_messages, gone.tokens) == (0, 0, {})
+    await _raises(NotFound, store.bayes_train(alice.id, "m3", [1], True))
+    kept = await store.bayes_counts(bob.id, [1, 2])
+    assert (kept.spam_messages, kept.ham_messages, kept.tokens) == (1, 0, {1: (1, 0)})
+    # A new account (even one that got the old id) starts from nothing.
+    (again,) = await _setup(store, "alice@example.org")
+    fresh = await store.bayes_counts(again.id, [1, 2])
+    assert (fresh.spam_messages, fresh.ham_messages, fresh.tokens) == (0, 0, {})
+    assert await store.bayes_train(again.id, "m1", [1], True)
