@@ -37,12 +37,15 @@ from mailward.queue.worker import QueueWorker, WorkerConfigError, WorkerSettings
 from mailward.resolver import DnsResolver, Resolver
 from mailward.scan.clamd import ClamdClient
 from mailward.scan.rspamd import RspamdClient
+from mailward.spam.bayes import BayesFilter
 from mailward.spam.blocklists import (
     DEFAULT_DNSBL_SCORE,
     DEFAULT_RHSBL_SCORE,
     Blocklists,
     parse_zone,
 )
+from mailward.spam.tokens import message_tokens
+from mailward.spam.training import JunkTrainer
 from mailward.store.api import MailStore
 
 SHUTDOWN_GRACE = 30.0
@@ -106,21 +109,24 @@ async def _serve(
         failures_before_delay=config.auth.failures_before_delay,
         lockout_failures=config.auth.lockout_failures,
         lockout_seconds=config.auth.lockout_seconds,
+        net_lockout_failures=config.abuse.auth_failures_per_net,
     )
     authenticator = Authenticator(store, hasher, log, policy)
     resolver = DnsResolver(config.dns.resolvers, timeout=config.dns.timeout)
     abuse = TransactionLimits(store, log, config.abuse)
     pipeline = Pipeline(store, log, resolver=resolver, hostname=config.server.hostname, abuse=abuse)
-    pipeline.content_checks = content_checks(config, log, resolver=resolver)
+    # Each user's Bayes filter scores their mail and learns from their Junk moves over
+    # IMAP (spam/training.py).
+    bayes = BayesFilter(store, min_trained=config.spam.bayes_min_trained)
+    pipeline.content_checks = content_checks(
+        config, log, resolver=resolver, bayes=bayes if config.spam.bayes else None
+    )
     if config.spam.enabled:
         pipeline.untrusted_fields = UNTRUSTED_FIELDS
+    pipeline.notify_held_recipients = config.quarantine.notify_recipients
+    pipeline.notify_held_sender = config.quarantine.notify_sender
     smtp = smtp_services(config, tls, store, pipeline, authenticator, log)
     factory = smtp_session_factory(config, smtp)
-    # Each user's Bayes filter learns from their Junk moves over IMAP (spam/training.py).
-    from mailward.spam.bayes import BayesFilter
-    from mailward.spam.training import JunkTrainer
-
-    bayes = BayesFilter(store, min_trained=config.spam.bayes_min_trained)
     trainer = JunkTrainer(store, bayes, log) if config.spam.bayes else None
     imap_svc = imap_services(config, tls, store, authenticator, log, trainer=trainer)
     imap = imap_session_factory(imap_svc)
@@ -166,7 +172,11 @@ async def _serve(
 
 
 def content_checks(
-    config: Config, log: EventLog, *, resolver: Resolver | None = None
+    config: Config,
+    log: EventLog,
+    *,
+    resolver: Resolver | None = None,
+    bayes: BayesFilter | None = None,
 ) -> list[ContentCheck]:
     """The gateway's content checks, in the order they run: the attachment policy,
     malware scanning (when clamd is configured), data-loss rules on outgoing mail,
@@ -214,11 +224,14 @@ def content_checks(
             )
         )
     if config.spam.enabled and resolver is not None:
-        checks.append(spam_check(config, log, resolver))
+        checks.append(spam_check(config, log, resolver, bayes))
     return checks
 
 
-def spam_check(config: Config, log: EventLog, resolver: Resolver) -> SpamCheck:
+def spam_check(
+    config: Config, log: EventLog, resolver: Resolver, bayes: BayesFilter | None = None
+) -> SpamCheck:
+    """The spam check; `bayes` (each user's filter) is used when given."""
     spam = config.spam
     blocklists = Blocklists(
         resolver,
@@ -234,6 +247,8 @@ def spam_check(config: Config, log: EventLog, resolver: Resolver) -> SpamCheck:
         junk_score=spam.junk_score,
         reject_score=spam.reject_score,
         rspamd=RspamdClient(spam.rspamd, timeout=spam.rspamd_timeout) if spam.rspamd else None,
+        bayes=bayes,
+        tokenize=message_tokens if bayes is not None else None,
     )
 
 

@@ -253,6 +253,18 @@ class DlpConfig:
 
 
 @dataclass(frozen=True)
+class QuarantineConfig:
+    """Who is told when a content check holds a message for review."""
+
+    notify_recipients: bool = field(
+        default=True, metadata=doc("Local recipients of held inbound mail get a notice")
+    )
+    notify_sender: bool = field(
+        default=True, metadata=doc("A local user whose outgoing mail was held gets a notice")
+    )
+
+
+@dataclass(frozen=True)
 class SpamConfig:
     """Spam scoring of mail arriving on the MX port (and a content score of mail users
     send): DNSBL/RHSBL, SPF/DKIM/DMARC, HELO/rDNS, GTUBE, header and MIME heuristics,
@@ -335,6 +347,10 @@ class AbuseConfig:
     data_rate_grace: float = field(
         default=10.0, metadata=doc("Seconds of input before min_data_rate is enforced")
     )
+    auth_failures_per_net: int = field(
+        default=50,
+        metadata=doc("Failed logins from one /24 or /64 before all of it is locked out; 0: none"),
+    )
     messages_per_day: int = field(
         default=1000,
         metadata=doc("Messages one account may submit in 24 hours (451 beyond); 0: no cap"),
@@ -374,6 +390,7 @@ class Config:
     malware: MalwareConfig = field(default_factory=MalwareConfig)
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
     dlp: DlpConfig = field(default_factory=DlpConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
 

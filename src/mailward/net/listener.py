@@ -8,8 +8,10 @@ implicit TLS, offset+110 POP3 with STLS, offset+995 POP3 over implicit TLS.
 The protocols differ only in their session class: `MailService` takes one
 `SessionFactory` per listener kind and owns what they share. Per-IP and global
 concurrent connection limits (counted over all listeners) are enforced before the
-greeting (Postfix's smtpd_client_connection_count_limit analogue, default 50); a client
-over the limit gets the protocol's "try later" line and is disconnected.
+greeting (Postfix's smtpd_client_connection_count_limit analogue, default 50), and so
+are the abuse limits of `net.abuse` (connections per /24 or /64, new connections per
+minute, clients blocked for recipient probing); a client over a limit gets the
+protocol's "try later" line and is disconnected, and the trip is logged.
 
 Shutdown (SIGTERM): stop accepting, ask every session to close at its next safe point
 (idle ones at once), let sessions in the middle of a message or a store write finish
@@ -26,6 +28,7 @@ import ipaddress
 import itertools
 import secrets
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ from typing import Protocol
 
 from mailward.config.schema import PORTS, Config
 from mailward.logs import EventLog
+from mailward.net.abuse import ConnectionGuard
+from mailward.pipeline.abuse import CLIENT_BLOCKED, ProbeTracker
 from mailward.pipeline.types import SessionInfo
 from mailward.proto.replies import TOO_MANY_CONNECTIONS
 
@@ -102,6 +107,9 @@ class MailService:
         tls_context: ssl.SSLContext,
         log: EventLog,
         factories: Mapping[str, SessionFactory],
+        *,
+        probes: ProbeTracker | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.tls_context = tls_context
@@ -114,6 +122,8 @@ class MailService:
         self.id_prefix = secrets.token_hex(3)
         self.session_numbers = itertools.count(1)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.smtp.trusted_networks]
+        self.guard = ConnectionGuard(config.abuse, clock)
+        self.probes = probes  # clients blocked for recipient probing (SMTP listeners)
 
     async def start(self) -> list[ListenerSpec]:
         host = self.config.listen.address or None
@@ -174,31 +184,58 @@ class MailService:
         self.log.info(
             f"{protocol}.connect", session=session_id, ip=ip, port=port, listener=spec.name
         )
-        if (
-            self.per_ip[ip] >= self.config.limits.connections_per_ip
-            or len(self.sessions) >= self.config.limits.connections
-        ):
-            self.log.warning("limit.connections", session=session_id, ip=ip, listener=spec.name)
-            writer.write(BUSY_LINES[protocol])
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            writer.close()
-            return
         address = ipaddress.ip_address(ip.split("%")[0]) if ip != "0.0.0.0" else None  # noqa: S104
+        trusted = address is not None and any(address in n for n in self.trusted)
+        fields = {"session": session_id, "ip": ip, "listener": spec.name}
+        blocked = self.probes.blocked_for(ip) if self.probes and protocol == "smtp" else 0.0
+        if blocked and not trusted:
+            self.log.warning("abuse.blocked", seconds_left=round(blocked, 1), **fields)
+            await _refuse(writer, CLIENT_BLOCKED.to_bytes())
+            return
+        refusal = self.guard.admit(ip, exempt=trusted)
+        if refusal is not None:
+            self.log.warning(refusal.event, client=refusal.key, limit=refusal.limit, **fields)
+            await _refuse(writer, BUSY_LINES[protocol])
+            return
+        limits = self.config.limits
+        if self.per_ip[ip] >= limits.connections_per_ip or len(self.sessions) >= limits.connections:
+            self.guard.release(ip)
+            per_ip = self.per_ip[ip] >= limits.connections_per_ip
+            self.log.warning(
+                "limit.connections",
+                limit=limits.connections_per_ip if per_ip else limits.connections,
+                scope="ip" if per_ip else "server",
+                **fields,
+            )
+            await _refuse(writer, BUSY_LINES[protocol])
+            return
         info = SessionInfo(
             listener=spec.kind,
             peer_ip=ip,
             peer_port=port,
             session_id=session_id,
-            trusted_network=address is not None and any(address in n for n in self.trusted),
+            trusted_network=trusted,
         )
-        session = self.factories[spec.kind](reader, writer, info, spec)
+        try:
+            session = self.factories[spec.kind](reader, writer, info, spec)
+        except BaseException:
+            self.guard.release(ip)
+            raise
         self.per_ip[ip] += 1
         self.sessions.add(session)
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
+            self.guard.release(ip)
             self.per_ip[ip] -= 1
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]
+
+
+async def _refuse(writer: asyncio.StreamWriter, line: bytes) -> None:
+    """Say `line` ("try later") and hang up, before any greeting."""
+    writer.write(line)
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    writer.close()

@@ -4,7 +4,10 @@ It pumps bytes between the socket and `proto.smtp.SmtpServer`, answers the core'
 decision events through the pipeline and the authenticator, streams DATA into a
 `MessageSpool` (memory up to 64 KiB, then a spool file: memory per session does not
 grow with message size), upgrades to TLS on
-STARTTLS, and enforces the per-phase timeouts of RFC 5321 4.5.3.2.
+STARTTLS, and enforces the per-phase timeouts of RFC 5321 4.5.3.2 and the session
+pacing of `net.pacing` (abuse limits): the greeting pause on the MX port, the tarpit
+on errors (and on every reply to a client slowed down for recipient probing), the
+minimum input rate, and the time allowed until HELO/EHLO.
 
 Invariants:
 - The 250 after DATA is queued only after `Pipeline.end_of_data()` returned, which is
@@ -13,7 +16,8 @@ Invariants:
   (`interruptible`), never while a delivery is in flight, so an acknowledged message
   is always a stored one and an interrupted one was never acknowledged.
 - Output is flushed whenever the core needs more input, which gives RFC 2920
-  pipelining its batching for free.
+  pipelining its batching for free. A tarpit delay is served just before a flush, so
+  it holds back the replies due, never what the client has already been told.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from mailward.auth import Authenticator
 from mailward.config.schema import Config
 from mailward.logs import EventLog
 from mailward.net.listener import ListenerSpec, SessionFactory
+from mailward.net.pacing import InputRate, Tarpit, early_input
 from mailward.net.starttls import note_tls, start_tls
 from mailward.pipeline.runner import Pipeline
 from mailward.pipeline.trace import trace_headers
@@ -50,6 +55,19 @@ from mailward.store.api import MailStore
 
 READ_SIZE = 256 * 1024
 SPOOL_MEMORY_LIMIT = 64 * 1024
+# RFC 5321 4.3.1: the client waits for the greeting. RFC 3463 5.7.1: refused by policy.
+EARLY_TALKER = Reply(554, "5.7.1", "Protocol error: talking before the greeting")
+TOO_SLOW = Reply(421, "4.4.2", "Connection too slow, closing")
+# Events after which the server does work of its own (a decision, TLS, a new message):
+# the minimum input rate is measured afresh after each.
+_SERVER_WORK = (
+    ev.MailFrom,
+    ev.RcptTo,
+    ev.MessageStart,
+    ev.MessageEnd,
+    ev.AuthCredentials,
+    ev.StartTls,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +84,13 @@ class SmtpServices:
     data_block_timeout: float
     data_total_timeout: float
     tls_handshake_timeout: float
+    # Abuse limits (net.pacing); the defaults here turn each one off.
+    greeting_delay: float | None = None  # MX pause before the final "220 " line
+    hello_timeout: float = 0.0  # seconds from connect until HELO/EHLO
+    tarpit_step: float = 0.0
+    tarpit_max: float = 0.0
+    min_data_rate: float = 0.0  # octets a second
+    data_rate_grace: float = 10.0
 
 
 class SmtpSession:
@@ -92,14 +117,43 @@ class SmtpSession:
         self.trace_length = 0
         self.data_started = 0.0
         self.messages = 0
+        self.started = time.monotonic()
+        self.greeted = False  # HELO/EHLO seen (the hello_timeout bound ends)
+        self.tarpit = Tarpit(services.tarpit_step, services.tarpit_max)
+        self.tarpit_due = 0.0  # seconds to wait before the next flush
+        self.input_rate = InputRate(services.min_data_rate, services.data_rate_grace)
 
     # --- output -----------------------------------------------------------------
 
     async def flush(self) -> None:
         out = self.core.data_to_send()
         if out:
+            await self._tarpit()
             self.writer.write(out)
             await self.writer.drain()
+
+    def _error(self, code: int) -> None:
+        """An error reply (5xx) was queued: it is held back by the tarpit."""
+        if code >= 500 and self.tarpit.step > 0:
+            self.tarpit_due += self.tarpit.error()
+
+    async def _tarpit(self) -> None:
+        due, self.tarpit_due = self.tarpit_due, 0.0
+        abuse = self.svc.pipeline.abuse
+        probing = abuse.probes.delay(self.info.peer_ip) if abuse is not None else 0.0
+        delay = max(due, probing)
+        if delay <= 0:
+            return
+        self.input_rate.stop()  # our own waiting never counts against the client's rate
+        self.log.info(
+            "abuse.tarpit",
+            session=self.info.session_id,
+            ip=self.info.peer_ip,
+            delay=round(delay, 3),
+            errors=self.tarpit.errors,
+            reason="probing" if probing > due else "errors",
+        )
+        await asyncio.sleep(delay)
 
     # --- the event loop of one session -------------------------------------------
 
@@ -129,10 +183,38 @@ class SmtpSession:
                 messages=self.messages,
             )
 
+    async def _greet(self) -> None:
+        """On the MX port: send "220-", pause, and refuse a client that talks before
+        the final "220 " line (RFC 5321 4.3.1; see `net.pacing`)."""
+        delay = self.svc.greeting_delay
+        if delay is None or self.info.listener != "mx" or self.info.trusted_network:
+            return
+        greeting = self.core.data_to_send()  # the core's single "220 <host> ESMTP" line
+        if delay > 0:
+            self.writer.write(b"220-" + greeting[4:])
+            await self.writer.drain()
+        early = await early_input(self.reader, delay, READ_SIZE)
+        if early:
+            self.log.warning(
+                "abuse.pregreet",
+                session=self.info.session_id,
+                ip=self.info.peer_ip,
+                octets=len(early),
+                delay=delay,
+            )
+            self.core.close(EARLY_TALKER)
+            return
+        self.writer.write(greeting)
+        if early == b"":
+            self.core.receive_eof()
+
     async def _run(self) -> None:
         core = self.core
+        await self._greet()
         while True:
             event = core.next_event()
+            if isinstance(event, _SERVER_WORK):
+                self.input_rate.stop()  # the client waits for us: a new stretch begins
             if isinstance(event, ev.NeedData):
                 await self.flush()
                 await self._receive()
@@ -140,14 +222,21 @@ class SmtpSession:
                 if self.spool is not None:
                     self.spool.write(event.data)
             elif isinstance(event, ev.RcptTo):
-                core.send_reply(await self._rcpt(event))
+                reply = await self._rcpt(event)
+                self._error(reply.code)
+                core.send_reply(reply)
             elif isinstance(event, ev.MailFrom):
-                core.send_reply(await self._mail(event))
+                reply = await self._mail(event)
+                self._error(reply.code)
+                core.send_reply(reply)
             elif isinstance(event, ev.MessageStart):
                 self._open_spool()
             elif isinstance(event, ev.MessageEnd):
-                core.send_reply(await self._end_of_data(event))
+                reply = await self._end_of_data(event)
+                self._error(reply.code)
+                core.send_reply(reply)
             elif isinstance(event, ev.MessageAborted):
+                self._error(event.reply_code)
                 self.log.info(
                     "smtp.data.refused",
                     session=self.info.session_id,
@@ -160,6 +249,7 @@ class SmtpSession:
                 self._drop_spool()
                 self.envelope = None
             elif isinstance(event, ev.Hello):
+                self.greeted = True
                 self.info.helo = event.domain
                 self._drop_spool()
                 self.envelope = None
@@ -168,6 +258,7 @@ class SmtpSession:
             elif isinstance(event, ev.AuthCredentials):
                 core.send_reply(await self._authenticate(event))
             elif isinstance(event, ev.CommandRefused):
+                self._error(event.reply_code)
                 self.log.info(
                     "smtp.command.refused",
                     session=self.info.session_id,
@@ -187,23 +278,28 @@ class SmtpSession:
         if self.closing_reply is not None and core.phase in ("command", "auth"):
             core.close(self.closing_reply)
             return
+        now = time.monotonic()
         if core.phase in ("data", "bdat"):
-            remaining = self.svc.data_total_timeout - (time.monotonic() - self.data_started)
+            remaining = self.svc.data_total_timeout - (now - self.data_started)
             timeout = max(0.0, min(self.svc.data_block_timeout, remaining))
         else:
             timeout = self.svc.command_timeout
+        bound = "timeout"
+        if not self.greeted and self.svc.hello_timeout > 0:
+            hello_left = self.started + self.svc.hello_timeout - now
+            if hello_left < timeout:
+                timeout, bound = max(0.0, hello_left), "hello"
+        slow = self._rate_deadline(now)
+        if slow is not None and slow - now < timeout:
+            timeout, bound = max(0.0, slow - now), "rate"
         self.interruptible = True
         try:
+            if timeout <= 0:
+                raise TimeoutError
             async with asyncio.timeout(timeout):
                 data = await self.reader.read(READ_SIZE)
         except TimeoutError:
-            self.log.info(
-                "limit.timeout",
-                session=self.info.session_id,
-                ip=self.info.peer_ip,
-                phase=core.phase,
-            )
-            core.close(TIMEOUT)
+            self._timed_out(bound)
             return
         except asyncio.CancelledError:
             if not self.interrupt_requested or self.task is None:
@@ -215,9 +311,48 @@ class SmtpSession:
         finally:
             self.interruptible = False
         if data:
+            self.input_rate.add(len(data))
             core.receive_data(data)
         else:
             core.receive_eof()
+
+    def _rate_deadline(self, now: float) -> float | None:
+        """When the client's input would fall below the minimum rate: measured over
+        DATA or a BDAT chunk, and over command lines while one is half received."""
+        core = self.core
+        if core.phase in ("data", "bdat"):
+            kind = "data"
+        elif core.partial_line:
+            kind = "line"
+        else:
+            kind = ""
+        if kind != self.input_rate.kind:
+            if kind:
+                self.input_rate.start(kind, now)
+            else:
+                self.input_rate.stop()
+        return self.input_rate.deadline()
+
+    def _timed_out(self, bound: str) -> None:
+        core = self.core
+        fields = {"session": self.info.session_id, "ip": self.info.peer_ip, "phase": core.phase}
+        if bound == "rate":
+            now = time.monotonic()
+            self.log.warning(
+                "abuse.slow_client",
+                octets=self.input_rate.octets,
+                seconds=round(now - self.input_rate.started, 1),
+                rate=round(self.input_rate.rate(now), 1),
+                limit=self.svc.min_data_rate,
+                **fields,
+            )
+            core.close(TOO_SLOW)
+        elif bound == "hello":
+            self.log.warning("abuse.hello_timeout", limit=self.svc.hello_timeout, **fields)
+            core.close(TIMEOUT)
+        else:
+            self.log.info("limit.timeout", **fields)
+            core.close(TIMEOUT)
 
     # --- decisions ----------------------------------------------------------------
 
@@ -247,6 +382,9 @@ class SmtpSession:
         )
         if reply.is_positive:
             self.messages += 1
+            abuse = self.svc.pipeline.abuse
+            if abuse is not None and self.info.authenticated:
+                await abuse.message_accepted(self.info, self.envelope)
         self.envelope = None
         return reply
 
@@ -385,6 +523,7 @@ def smtp_services(
     log: EventLog,
 ) -> SmtpServices:
     timeouts = config.timeouts
+    abuse = config.abuse
     return SmtpServices(
         hostname=config.server.hostname,
         tls_context=tls_context,
@@ -396,4 +535,10 @@ def smtp_services(
         data_block_timeout=timeouts.data_block,
         data_total_timeout=timeouts.data_total,
         tls_handshake_timeout=timeouts.tls_handshake,
+        greeting_delay=abuse.greeting_delay,
+        hello_timeout=abuse.hello_timeout,
+        tarpit_step=abuse.tarpit_step,
+        tarpit_max=abuse.tarpit_max,
+        min_data_rate=abuse.min_data_rate,
+        data_rate_grace=abuse.data_rate_grace,
     )

@@ -33,11 +33,13 @@ from mailward.message.headers import (
     MAX_HEADER_SECTION,
     HeaderSectionTooLarge,
     header_section,
+    header_values,
     remove_fields,
 )
 from mailward.pipeline.abuse import TransactionLimits
 from mailward.pipeline.authentication import MessageAuthenticator, MessageSource
 from mailward.pipeline.content import ContentCheck, MessageView
+from mailward.pipeline.notices import held_notice
 from mailward.pipeline.recipients import DUPLICATE_RECIPIENT, RecipientPolicy, is_duplicate
 from mailward.pipeline.sender import SenderPolicy
 from mailward.pipeline.types import (
@@ -112,6 +114,9 @@ class Pipeline:
         # Header fields removed from inbound mail because only we may write them
         # (X-Spam-Status...: set by the composition root when spam scoring is on).
         self.untrusted_fields: Sequence[str] = ()
+        # Who gets a notice when a content check holds a message (pipeline.notices).
+        self.notify_held_recipients = True
+        self.notify_held_sender = True
 
     def _refused(
         self, session: SessionInfo, stage: str, result: CheckResult, **fields: object
@@ -232,10 +237,62 @@ class Pipeline:
                 check=body.hold.check,
                 reason=body.hold.reason,
             )
+            await self._notify_held(session, envelope, body, receipt.held)
             return MESSAGE_ACCEPTED
         if outbound and self.on_queued is not None:
             self.on_queued()
         return MESSAGE_ACCEPTED
+
+    async def _notify_held(
+        self, session: SessionInfo, envelope: Envelope, body: _Body, held_id: int
+    ) -> None:
+        """Tell local users that a message was held (pipeline.notices); a failure
+        here is logged and changes nothing for the held message."""
+        assert body.hold is not None
+        subjects = header_values(body.section, "Subject")
+        outgoing = session.authenticated and session.listener == "submission"
+        told: list[tuple[int, str]] = []
+        if outgoing and self.notify_held_sender and session.account_id is not None:
+            told.append((session.account_id, session.account_address))
+        elif not outgoing and self.notify_held_recipients:
+            seen: set[int] = set()
+            for r in envelope.recipients:
+                if isinstance(r, LocalRecipient) and r.account_id not in seen:
+                    seen.add(r.account_id)
+                    told.append((r.account_id, r.account_address))
+        for account_id, address in told:
+            notice = held_notice(
+                hostname=self._hostname,
+                to=address,
+                quarantine_id=held_id,
+                check=body.hold.check,
+                sender=envelope.sender,
+                subject=subjects[0] if subjects else "",
+                recipients=[r.address for r in envelope.recipients],
+                outgoing=outgoing,
+            )
+            try:
+                await self._store.deliver(
+                    Delivery(
+                        spool=self._store.new_spool(),
+                        sender="",
+                        local=[LocalTarget(account_id)],
+                        outbound=[],
+                        content=notice,
+                    )
+                )
+            except (StoreError, OSError) as exc:
+                self._log.error(
+                    "quarantine.notice_failed", session=session.session_id, error=str(exc)
+                )
+                continue
+            self._log.info(
+                "quarantine.notice_sent",
+                session=session.session_id,
+                id=held_id,
+                account=account_id,
+                outgoing=outgoing,
+            )
 
     async def _local_targets(
         self, envelope: Envelope, *, quarantine: bool, junk: frozenset[int] = frozenset()

@@ -264,6 +264,12 @@ class SmtpServer:
         """True after `next_event()` returned a decision event not yet answered."""
         return self._decision is not None and self._decision_delivered
 
+    @property
+    def partial_line(self) -> bool:
+        """True while part of a command line (or AUTH response) has been received but
+        not its end: the shell's minimum-rate check runs while this holds."""
+        return self._phase in ("command", "auth") and (bool(self._buf) or self._discard_line)
+
     # --- shell API -----------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:

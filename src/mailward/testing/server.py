@@ -30,12 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailward.config.load import set_key
+
 # The name the test certificate is issued for (`init --hostname localhost`).
 TLS_NAME = "localhost"
 
 # Standard ports a listener adds to the offset (SMTP, submission, IMAP, POP3).
 SERVED_PORTS = (25, 587, 465, 143, 993, 110, 995)
 RESERVED_PORTS = SERVED_PORTS
+
+# Config every `mail_server` gets unless the caller sets the key: no greeting pause on
+# the MX port and no tarpit (the product defaults, 1 s a connection and 0.5 s more per
+# error, would slow every test that connects or errs; early talkers are still refused,
+# and tests/e2e/test_abuse.py and test_attack.py run with both).
+TEST_CONFIG = {"abuse.greeting_delay": "0", "abuse.tarpit_step": "0"}
 
 _OFFSET_RANGE = (20000, 40000)
 _CLI_TIMEOUT = 120.0
@@ -324,8 +332,9 @@ def mail_server(
     name: str = "mailward",
     env: dict[str, str] | None = None,
 ) -> Iterator[RunningServer]:
-    """Initialise a data directory under `tmp_path`, apply `config` (dotted keys), add
-    `users` (address -> password), start the server on `host`; stop it on exit.
+    """Initialise a data directory under `tmp_path`, apply `config` (dotted keys, on top
+    of `TEST_CONFIG`), add `users` (address -> password), start the server on `host`;
+    stop it on exit.
 
     `port_offset` None picks a free one; 0 serves the standard ports (25, 587, ...),
     e.g. as the MX a delivery test sends to, on an address of its own
@@ -354,6 +363,9 @@ def mail_server(
         host,
     )
     server.cert_path = _cert_path(data_dir)
+    for key, value in TEST_CONFIG.items():
+        if key not in (config or {}):
+            set_key(data_dir / "mailward.toml", key, value)  # as `config set`, in-process
     for key, value in (config or {}).items():
         server.cli("config", "set", key, value)
     for address, password in (users or {}).items():
