@@ -73,10 +73,15 @@ def test_quarantine_policy_holds_infected_mail_for_review(tmp_path: Path, clamd:
     config = {"malware.clamd": clamd.address, "malware.action": "quarantine"}
     with mail_server(tmp_path, users={ALICE: PASSWORD}, config=config) as srv:
         assert send(srv, infected())[0] == 250
-        assert inbox(srv) == []
         listed = srv.cli("quarantine", "list").stdout.decode()
         assert "malware" in listed and clamd.signature in listed
         entry_id = listed.split()[0]
+        # Alice is told, not given the message: a notice naming the entry, no virus name.
+        (notice,) = inbox(srv)
+        assert b"Subject: A message to you was held for review" in notice
+        assert f"Quarantine id: {entry_id}".encode() in notice
+        assert b"Auto-Submitted: auto-generated" in notice
+        assert clamd.signature.encode() not in notice
         srv.cli("quarantine", "delete", entry_id)
         assert "the quarantine is empty" in srv.cli("quarantine", "list").stdout.decode()
 
@@ -129,3 +134,7 @@ def test_dlp_holds_outgoing_card_numbers(tmp_path: Path) -> None:
         assert "dlp" in listed and "card-number" in listed
         assert "4111" not in listed  # rule names only, never the data
         assert srv.cli("queue", "list", "--json").stdout.strip() == b"[]"
+        # Alice is told her message waits for review; Bob (remote) is told nothing.
+        (notice,) = inbox(srv)
+        assert b"Subject: Your message was held for review" in notice
+        assert b"To: bob@remote.test" in notice and b"4111" not in notice
