@@ -1,10 +1,12 @@
 """Archive inspection (message/archives.py): members through nesting, every bound
 refusing with its rule (zip bombs made here, refused without inflating them), and
 what cannot be inspected (encrypted, other compression methods, other formats,
-corrupt) reported rather than raised."""
+corrupt) reported rather than raised. TNEF (winmail.dat) streams and PDFs (object
+streams, embedded files) are built here octet by octet."""
 
 from __future__ import annotations
 
+import binascii
 import bz2
 import gzip
 import io
@@ -25,6 +27,7 @@ from mailward.message.archives import (
     Budget,
     Entry,
     archive_format,
+    pdf_inside,
     walk,
 )
 
@@ -333,3 +336,332 @@ def test_mutated_archives_never_raise_anything_else(noise: bytes, where: int) ->
         except ArchiveLimitExceeded:
             continue
         assert all(isinstance(entry, Entry) for entry in entries)
+
+
+# ----------------------------------------------------------------------------- TNEF
+
+TNEF_SIGNATURE = b"\x78\x9f\x3e\x22"
+ATT_RENDDATA = 0x00069002
+ATT_TITLE = 0x00018010
+ATT_DATA = 0x0006800F
+ATT_ATTACHMENT = 0x00069005
+ATT_MESSAGE_CLASS = 0x00078008
+PT_STRING8, PT_UNICODE, PT_BINARY, PT_OBJECT, PT_LONG = 0x001E, 0x001F, 0x0102, 0x000D, 0x0003
+
+
+def tnef_attribute(level: int, attribute: int, data: bytes) -> bytes:
+    """[MS-OXTNEF] 2.1.3.1: level, ID, length, data, checksum (sum of the octets)."""
+    checksum = sum(data) & 0xFFFF
+    return struct.pack("<BII", level, attribute, len(data)) + data + struct.pack("<H", checksum)
+
+
+def pad4(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 4)
+
+
+def mapi_property(kind: int, tag: int, value: bytes | int) -> bytes:
+    """One property of a MAPI property list ([MS-OXTNEF] 2.1.3.4)."""
+    head = struct.pack("<HH", kind, tag)
+    if isinstance(value, int):
+        return head + struct.pack("<I", value)
+    return head + struct.pack("<II", 1, len(value)) + pad4(value)
+
+
+def mapi_properties(*properties: bytes) -> bytes:
+    return struct.pack("<I", len(properties)) + b"".join(properties)
+
+
+def tnef(*files: tuple[str | None, bytes], long_name: str | None = None) -> bytes:
+    """A TNEF stream with a message class and one attachment per (title, data); the
+    last one's attAttachment carries PR_ATTACH_LONG_FILENAME `long_name` (Unicode)."""
+    out = [TNEF_SIGNATURE, struct.pack("<H", 0x1234)]
+    out.append(tnef_attribute(1, ATT_MESSAGE_CLASS, b"IPM.Microsoft Mail.Note\x00"))
+    for index, (title, data) in enumerate(files):
+        out.append(tnef_attribute(2, ATT_RENDDATA, bytes(14)))
+        if title is not None:
+            out.append(tnef_attribute(2, ATT_TITLE, title.encode("cp1252") + b"\x00"))
+        out.append(tnef_attribute(2, ATT_DATA, data))
+        if long_name is not None and index == len(files) - 1:
+            props = mapi_properties(
+                mapi_property(PT_LONG, 0x3705, 1),  # PR_ATTACH_METHOD: by value
+                mapi_property(PT_UNICODE, 0x3707, (long_name + "\x00").encode("utf-16-le")),
+            )
+            out.append(tnef_attribute(2, ATT_ATTACHMENT, props))
+    return b"".join(out)
+
+
+def test_tnef_is_an_archive() -> None:
+    assert archive_format(tnef(("notes.txt", b"hello"))) == "tnef"
+
+
+def test_tnef_attachments_are_members() -> None:
+    data = tnef(("notes.txt", b"hello"), ("INVOIC~1.EXE", b"MZ\x00\x00"), long_name="invoice.exe")
+    entries = members(data, "winmail.dat")
+    assert [(entry.path, entry.data, entry.other_names) for entry in entries] == [
+        (("winmail.dat", "notes.txt"), b"hello", ()),
+        (("winmail.dat", "invoice.exe"), b"MZ\x00\x00", ("INVOIC~1.EXE",)),  # long name first
+    ]
+    assert all(entry.problem == "" and entry.depth == 1 for entry in entries)
+
+
+def test_tnef_names_and_data_from_the_property_list() -> None:
+    """No attAttachTitle or attAttachData: PR_ATTACH_FILENAME (8-bit) and
+    PR_ATTACH_DATA_BIN; a named property and multi-valued ones are skipped over."""
+    named = struct.pack("<HH", PT_LONG, 0x8005) + bytes(16) + struct.pack("<II", 0, 0x8233)
+    named += struct.pack("<I", 7)
+    multi = struct.pack("<HHI", 0x1003, 0x6800, 3) + struct.pack("<III", 1, 2, 3)
+    multi_strings = struct.pack("<HHI", 0x101E, 0x6801, 2)
+    multi_strings += struct.pack("<I", 3) + pad4(b"ab\x00") + struct.pack("<I", 1) + pad4(b"\x00")
+    props = mapi_properties(
+        named,
+        multi,
+        multi_strings,
+        mapi_property(PT_STRING8, 0x3704, b"RUN.BAT\x00"),
+        mapi_property(0x0040, 0x3007, b"")[:4] + bytes(8),  # PtypTime, 8 octets
+        mapi_property(PT_BINARY, 0x3701, b"@echo off\r\n"),
+    )
+    data = TNEF_SIGNATURE + b"\x00\x00" + tnef_attribute(2, ATT_RENDDATA, bytes(14))
+    data += tnef_attribute(2, ATT_ATTACHMENT, props)
+    (entry,) = members(data, "winmail.dat")
+    assert entry.path == ("winmail.dat", "RUN.BAT")
+    assert entry.data == b"@echo off\r\n"
+
+
+def test_tnef_embedded_message_is_a_nested_tnef() -> None:
+    inner = tnef(("tool.exe", b"MZ"))
+    props = mapi_properties(
+        mapi_property(PT_LONG, 0x3705, 5),  # ATTACH_EMBEDDED_MSG
+        mapi_property(PT_STRING8, 0x3001, b"Fwd: tools\x00"),
+        mapi_property(PT_OBJECT, 0x3701, bytes(16) + inner),  # IID_IMessage, then TNEF
+    )
+    data = TNEF_SIGNATURE + b"\x00\x00" + tnef_attribute(2, ATT_RENDDATA, bytes(14))
+    data += tnef_attribute(2, ATT_ATTACHMENT, props)
+    entries = members(data, "winmail.dat")
+    assert paths(entries) == [
+        ("winmail.dat", "Fwd: tools"),
+        ("winmail.dat", "Fwd: tools", "tool.exe"),
+    ]
+    assert [entry.depth for entry in entries] == [1, 2]
+
+
+def test_tnef_members_count_in_the_budget() -> None:
+    data = tnef(*((f"f{i}.txt", b"x") for i in range(5)))
+    with pytest.raises(ArchiveLimitExceeded) as e:
+        members(data, "winmail.dat", ArchiveLimits(max_members=4))
+    assert e.value.rule == "members"
+
+
+@pytest.mark.parametrize(
+    ("cut", "expected"),
+    [
+        # cut inside the second attachment's data: the first is whole, the second named
+        (-10, [("notes.txt", b"hello"), ("setup.exe", b"")]),
+        (8, []),  # inside the first attribute header
+    ],
+)
+def test_truncated_tnef_yields_what_was_read_then_a_problem(
+    cut: int, expected: list[tuple[str, bytes]]
+) -> None:
+    data = tnef(("notes.txt", b"hello"), ("setup.exe", b"MZ" + bytes(40)))[:cut]
+    entries = members(data, "winmail.dat")
+    assert entries[-1].path == ("winmail.dat",) and entries[-1].problem == "corrupt tnef stream"
+    assert [(entry.name, entry.data) for entry in entries[:-1]] == expected
+
+
+def test_tnef_absurd_lengths_are_a_problem_not_an_allocation() -> None:
+    data = TNEF_SIGNATURE + b"\x00\x00" + struct.pack("<BII", 2, ATT_DATA, 0xFFFFFFF0) + b"xx"
+    (entry,) = members(data, "winmail.dat")
+    assert entry.problem == "corrupt tnef stream"
+    props = struct.pack("<I", 0xFFFFFFFF) + struct.pack("<HHII", PT_BINARY, 0x3701, 1, 0x7FFFFFFF)
+    data = TNEF_SIGNATURE + b"\x00\x00" + tnef_attribute(2, ATT_TITLE, b"a.txt\x00")
+    data += tnef_attribute(2, ATT_ATTACHMENT, props)
+    (entry,) = members(data, "winmail.dat")
+    assert (entry.name, entry.problem) == ("a.txt", "corrupt tnef attachment properties")
+
+
+# ----------------------------------------------------------------------------- PDF
+
+
+def pdf_file(*objects: bytes, trailer: bytes = b"<< /Root 1 0 R >>") -> bytes:
+    """A PDF with `objects` numbered from 1 and a cross-reference table."""
+    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n" + trailer + b"\nstartxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+def stream(dictionary: bytes, data: bytes) -> bytes:
+    return b"<< " + dictionary + b" /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
+
+
+def object_stream(first_number: int, *objects: bytes, type_name: bytes = b"/Type /ObjStm") -> bytes:
+    """An object stream (ISO 32000-1 7.5.7) holding `objects`, Flate-compressed."""
+    offsets, body = [], b""
+    for index, item in enumerate(objects):
+        offsets.append(b"%d %d" % (first_number + index, len(body)))
+        body += item + b"\n"
+    header = b" ".join(offsets) + b"\n"
+    data = zlib.compress(header + body)
+    dictionary = type_name + b" /N %d /First %d /Filter /FlateDecode" % (len(objects), len(header))
+    return stream(dictionary, data)
+
+
+CATALOG = b"<< /Type /Catalog /Pages 2 0 R >>"
+PAGES = b"<< /Type /Pages /Kids [] /Count 0 >>"
+
+
+def test_object_streams_are_decoded_for_labels() -> None:
+    hidden = b"<< /S /JavaScript /JS (app.alert(1)) >>"
+    data = pdf_file(CATALOG, PAGES, object_stream(10, b"<< /Type /Foo >>", hidden))
+    assert b"JavaScript" not in data
+    budget = Budget()
+    inside = pdf_inside(data, ("a.pdf",), budget)
+    assert inside.labels == {"pdf-javascript"} and inside.files == ()
+    assert budget.size > 0  # the inflated octets are counted
+
+
+@pytest.mark.parametrize(
+    "type_name",
+    [b"/Type /ObjStm", b"/Type /Obj#53tm", b"/Type/ObjStm", b"", b"/Type /Foo"],
+)
+def test_object_stream_dictionaries(type_name: bytes) -> None:
+    """Found by /Type /ObjStm (also escaped), or without it by /N and /First."""
+    launch = b"<< /Type /Action /S /Launch /F (cmd.exe) >>"
+    data = pdf_file(CATALOG, object_stream(10, launch, type_name=type_name))
+    assert pdf_inside(data, ("a.pdf",), Budget()).labels == {"pdf-launch"}
+
+
+def test_escaped_filter_names_and_filter_chains() -> None:
+    body = b"1 0\n<< /S /JavaScript >>"
+    flate_hex = binascii.hexlify(zlib.compress(body)) + b">"
+    dictionary = b"/Type /ObjStm /N 1 /First 4 /Filter [/AHx /Fl#61teDecode]"
+    data = pdf_file(CATALOG, stream(dictionary, flate_hex))
+    assert pdf_inside(data, ("a.pdf",), Budget()).labels == {"pdf-javascript"}
+
+
+def test_inflation_ignores_a_false_length_and_endstream_inside() -> None:
+    """The deflate stream says where it ends, not /Length or "endstream"."""
+    body = b"1 0\n" + b"<< /X (endstream) >> " * 3 + b"<< /S /Launch >>"
+    compressed = zlib.compress(body, 0)  # stored: "endstream" appears in the data
+    assert b"endstream" in compressed
+    dictionary = b"/Type /ObjStm /N 1 /First 4 /Filter /FlateDecode /Length 3"
+    data = pdf_file(CATALOG, b"<< " + dictionary + b" >>\nstream\n" + compressed + b"\nendstream")
+    assert pdf_inside(data, ("a.pdf",), Budget()).labels == {"pdf-launch"}
+
+
+def test_object_stream_bomb_hits_the_bounds() -> None:
+    data = pdf_file(
+        CATALOG,
+        stream(
+            b"/Type /ObjStm /N 1 /First 4 /Filter /FlateDecode", zlib.compress(bytes(20 * MiB), 9)
+        ),
+    )
+    with pytest.raises(ArchiveLimitExceeded) as e:
+        pdf_inside(data, ("a.pdf",), Budget())
+    assert e.value.rule == "ratio"
+    budget = Budget(ArchiveLimits(max_total_size=5 * MiB, max_ratio=10**9))
+    with pytest.raises(ArchiveLimitExceeded) as e:
+        pdf_inside(data, ("a.pdf",), budget)
+    assert e.value.rule == "size" and budget.size <= 5 * MiB
+
+
+def test_undecodable_object_stream_is_a_problem_unless_encrypted() -> None:
+    lzw = stream(b"/Type /ObjStm /N 1 /First 4 /Filter /LZWDecode", b"\x80\x0b\x60\x50")
+    (problem,) = pdf_inside(pdf_file(CATALOG, lzw), ("a.pdf",), Budget()).files
+    assert problem.path == ("a.pdf",) and problem.problem == "undecodable pdf object stream"
+    encrypted = pdf_file(CATALOG, lzw, trailer=b"<< /Root 1 0 R /Encrypt 9 0 R >>")
+    assert pdf_inside(encrypted, ("a.pdf",), Budget()).files == ()
+
+
+def filespec(name: bytes, number: int, key: bytes = b"/F") -> bytes:
+    return b"<< /Type /Filespec " + key + b" " + name + b" /EF << /F %d 0 R >> >>" % number
+
+
+def embedded(
+    data: bytes, compress: bool = True, type_name: bytes = b"/Type /EmbeddedFile"
+) -> bytes:
+    if compress:
+        return stream(type_name + b" /Filter /FlateDecode", zlib.compress(data))
+    return stream(type_name, data)
+
+
+def test_embedded_files_are_members() -> None:
+    data = pdf_file(
+        CATALOG,
+        filespec(b"(invoice.exe)", 3),
+        embedded(b"MZ\x90\x00"),
+        filespec(b"<FEFF006E006F007400650073002E007400780074>", 5, b"/UF"),  # "notes.txt"
+        embedded(b"plain notes", compress=False),
+    )
+    budget = Budget()
+    inside = pdf_inside(data, ("doc.pdf",), budget)
+    assert [(entry.path, entry.data, entry.depth) for entry in inside.files] == [
+        (("doc.pdf", "invoice.exe"), b"MZ\x90\x00", 1),
+        (("doc.pdf", "notes.txt"), b"plain notes", 1),
+    ]
+    assert budget.members == 2
+
+
+def test_embedded_file_found_by_object_number_and_in_object_streams() -> None:
+    """A stream without /Type /EmbeddedFile, named by a file specification that is
+    itself in a compressed object stream."""
+    spec = filespec(b"(run.js)", 3)
+    data = pdf_file(CATALOG, object_stream(10, spec), embedded(b"WScript.Echo(1)", type_name=b""))
+    (entry,) = pdf_inside(data, ("doc.pdf",), Budget()).files
+    assert entry.path == ("doc.pdf", "run.js") and entry.data == b"WScript.Echo(1)"
+
+
+def test_embedded_files_without_a_name_or_a_stream() -> None:
+    data = pdf_file(CATALOG, embedded(b"MZ"), filespec(b"(missing.exe)", 40))
+    entries = pdf_inside(data, ("doc.pdf",), Budget()).files
+    assert [(entry.path, entry.data) for entry in entries] == [
+        (("doc.pdf", "missing.exe"), b""),
+        (("doc.pdf", "embedded file 2"), b"MZ"),
+    ]
+
+
+def test_embedded_files_in_an_encrypted_pdf_are_uninspectable() -> None:
+    data = pdf_file(
+        CATALOG, filespec(b"(a.txt)", 3), embedded(b"x"), trailer=b"<< /Encrypt 5 0 R >>"
+    )
+    (entry,) = pdf_inside(data, ("doc.pdf",), Budget()).files
+    assert entry.path == ("doc.pdf", "a.txt") and entry.problem == "encrypted"
+
+
+def test_embedded_files_past_the_depth_limit() -> None:
+    data = pdf_file(CATALOG, filespec(b"(a.txt)", 3), embedded(b"x"))
+    with pytest.raises(ArchiveLimitExceeded) as e:
+        pdf_inside(data, ("doc.pdf",), Budget(ArchiveLimits(max_depth=2)), depth=3)
+    assert e.value.rule == "depth"
+    plain = pdf_file(CATALOG, PAGES)  # nothing inside: no nesting to refuse
+    assert pdf_inside(plain, ("doc.pdf",), Budget(ArchiveLimits(max_depth=2)), depth=3).files == ()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=5000))
+def test_mutated_tnef_and_pdf_never_raise_anything_else(noise: bytes, where: int) -> None:
+    """A TNEF or PDF with damage anywhere: entries and problems (or a limit)."""
+    for base in (
+        tnef(("notes.txt", b"hello"), ("a.exe", b"MZ" * 20), long_name="long name.exe"),
+        pdf_file(
+            CATALOG,
+            object_stream(10, filespec(b"(x.exe)", 4), b"<< /S /JavaScript >>"),
+            b"<< /Type /Filespec /UF (y.txt) /EF << /F 4 0 R >> >>",
+            embedded(b"MZ" * 30),
+        ),
+    ):
+        position = where % len(base)
+        data = base[:position] + noise + base[position + len(noise) :]
+        try:
+            entries = members(data, "fuzz")
+            inside = pdf_inside(data, ("fuzz",), Budget())
+        except ArchiveLimitExceeded:
+            continue
+        assert all(isinstance(entry, Entry) for entry in [*entries, *inside.files])
+        assert inside.labels <= {"pdf-launch", "pdf-javascript"}

@@ -1,6 +1,7 @@
 """Content sniffing by magic numbers (message/sniff.py): every label from real-shaped
 headers, the look-alikes that must not match, OLE2 macro and MSI detection on
-hand-built compound files, and ZIP container kinds."""
+hand-built compound files, ZIP container kinds, and active content in PDF and RTF
+documents (launch actions, JavaScript, OLE objects) with the obfuscations handled."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailward.message.sniff import (
+    ACTIVE_CONTENT_LABELS,
     ARCHIVE_FORMATS,
     BLOCKED_BY_DEFAULT,
     EXECUTABLE_LABELS,
+    active_labels,
     member_labels,
     ole_has_macros,
+    pdf_labels,
+    rtf_has_object,
     sniff,
     zip_container_kind,
 )
@@ -104,6 +109,8 @@ def at(offset: int, marker: bytes, size: int = 0x9000) -> bytes:
         (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "pdf"),
         (b"junk before\n%PDF-1.4\n", "pdf"),
         (b"{\\rtf1\\ansi hello}", "rtf"),
+        (b"{\\rtx1 hello}", "rtf"),  # Word reads "{\\rt" and no further
+        (b"\x78\x9f\x3e\x22\x01\x00" + bytes(20), "tnef"),
     ],
 )
 def test_labels(data: bytes, label: str) -> None:
@@ -130,6 +137,8 @@ def test_innocent_content_has_no_label(data: bytes) -> None:
 
 def test_every_executable_label_is_blocked_by_default() -> None:
     assert set(BLOCKED_BY_DEFAULT) >= EXECUTABLE_LABELS
+    # active content: JavaScript in PDFs is common in forms, so only on request
+    assert set(BLOCKED_BY_DEFAULT) & ACTIVE_CONTENT_LABELS == {"pdf-launch", "rtf-object"}
     assert not ARCHIVE_FORMATS & set(BLOCKED_BY_DEFAULT)  # archives are opened, not blocked
     assert len(BLOCKED_BY_DEFAULT) == len(set(BLOCKED_BY_DEFAULT))
     assert all(ext == ext.lower() and not ext.startswith(".") for ext in BLOCKED_BY_DEFAULT)
@@ -204,13 +213,71 @@ def test_member_labels(container: str | None, name: str, data: bytes | None, mac
     assert member_labels(container, name, data) == ({"macro"} if macro else set())
 
 
+@pytest.mark.parametrize(
+    ("data", "labels"),
+    [
+        (b"/OpenAction << /S /Launch /F (cmd.exe) >>", {"pdf-launch"}),
+        (b"/S/Launch/Win<</F(calc.exe)>>", {"pdf-launch"}),
+        (b"/S /L#61unch", {"pdf-launch"}),
+        (b"/S /#4C#41#55#4e#43#48", set()),  # "/LAUNCH": names are case-sensitive
+        (b"/S /#4c#61#75#6E#63#68", {"pdf-launch"}),  # every character escaped
+        (b"/Launched /Launch_", set()),
+        (b"<< /S /JavaScript /JS (app.alert(1)) >>", {"pdf-javascript"}),
+        (b"/Names << /JavaScript 5 0 R >>", {"pdf-javascript"}),
+        (b"/J#61vaScript", {"pdf-javascript"}),
+        (b"/AA<</O<</JS 7 0 R>>>>", {"pdf-javascript"}),
+        (b"/J#53(x)", {"pdf-javascript"}),
+        (b"/JS 12 0 R", {"pdf-javascript"}),  # the script in a stream
+        (b"/JS %comment\n<616c657274>", {"pdf-javascript"}),
+        (b"/JS", set()),  # no value: as found by chance in binary data
+        (b"/JSON /JSX /javascript /Javascript /JavaScripts", set()),
+        (b"/JS(x)/Launch", {"pdf-javascript", "pdf-launch"}),
+        (b"JavaScript Launch (not names)", set()),
+        (b"/J#6", set()),  # a broken escape
+    ],
+)
+def test_pdf_labels(data: bytes, labels: set[str]) -> None:
+    assert pdf_labels(data) == labels
+    assert active_labels(b"%PDF-1.7\n" + data) == labels
+    assert active_labels(data) == set()  # not a PDF
+
+
+@pytest.mark.parametrize(
+    ("rtf", "has_object"),
+    [
+        (rb"{\rtf1{\object\objemb{\*\objclass Equation.3}{\*\objdata 01050000}}}", True),
+        (rb"{\rtf1{\object\objautlink\objupdate\rsltpict{\*\objdata 0105}}}", True),
+        (rb"{\rtf1{\*\objdata 0105000002000000}}", True),
+        (rb"{\rtf1 \objupdate}", True),
+        (rb"{\rtf1{\OBJECT\ObjData 01}}", True),  # any case
+        (b"{\\rtf1{\\ob\r\nj\nda\r\nta 01}}", True),  # CR and LF are ignored
+        (rb"{\rtf1{\objdata1 01}}", True),  # with a parameter
+        (rb"{\rtf1\\\objdata}", True),  # an escaped backslash, then the word
+        (rb"{\rtf1\ansi\deff0 {\fonttbl{\f0 Arial;}}\f0\fs20 Hello, object world.\par}", False),
+        (rb"{\rtf1 see the \\object keyword}", False),  # "\\" is a backslash in text
+        (rb"{\rtf1 \objectx \objdatum \objw300}", False),  # other words
+        (rb"{\rtf1 \ob ject}", False),
+    ],
+)
+def test_rtf_objects(rtf: bytes, has_object: bool) -> None:
+    assert rtf_has_object(rtf) is has_object
+    assert active_labels(rtf) == ({"rtf-object"} if has_object else set())
+
+
+def test_rtf_objects_only_in_rtf() -> None:
+    assert active_labels(b"Notes on \\objdata in RTF files\n") == set()
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.binary(max_size=2048),
-    st.sampled_from([b"", OLE_MAGIC, b"MZ", b"PK\x03\x04", b"\xca\xfe\xba\xbe"]),
+    st.sampled_from(
+        [b"", OLE_MAGIC, b"MZ", b"PK\x03\x04", b"\xca\xfe\xba\xbe", b"%PDF-1.7\n/J#", b"{\\rt\\"]
+    ),
 )
 def test_never_raises(data: bytes, prefix: bytes) -> None:
     blob = prefix + data
     label = sniff(blob)
     assert label is None or isinstance(label, str)
     assert isinstance(ole_has_macros(blob), bool)
+    assert active_labels(blob) <= ACTIVE_CONTENT_LABELS

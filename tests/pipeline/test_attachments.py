@@ -1,7 +1,9 @@
 """The attachment policy (pipeline/attachments.py): every way a file name can say
 "executable", executables with innocent names found by content, macro documents,
-archives inside archives, the bounds (zip bombs, nesting, MIME caps) and what cannot
-be inspected, each as a whole message through the check."""
+active content (PDF launch actions and JavaScript, RTF OLE objects, files embedded
+in PDFs and TNEF winmail.dat), archives inside archives, the bounds (zip bombs,
+nesting, MIME caps) and what cannot be inspected, each as a whole message through
+the check. Every file is built here, octet by octet."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import io
 import json
 import struct
 import zipfile
+import zlib
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -467,6 +470,324 @@ def test_plain_messages_pass() -> None:
     assert_accepted(judge(mail(("notes.txt", b"notes"), ("data.csv", b"a,b\n1,2\n"))))
 
 
+# ------------------------------------------------------------------ active content
+
+
+def pdf_file(*objects: bytes, trailer: bytes = b"<< /Root 1 0 R >>") -> bytes:
+    """A PDF with `objects` numbered from 1 and a cross-reference table."""
+    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n" + trailer + b"\nstartxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+def pdf_stream(dictionary: bytes, data: bytes) -> bytes:
+    return b"<< " + dictionary + b" /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
+
+
+def object_stream(first_number: int, *objects: bytes) -> bytes:
+    """A Flate-compressed object stream (ISO 32000-1 7.5.7) holding `objects`."""
+    offsets, body = [], b""
+    for index, item in enumerate(objects):
+        offsets.append(b"%d %d" % (first_number + index, len(body)))
+        body += item + b"\n"
+    header = b" ".join(offsets) + b"\n"
+    dictionary = b"/Type /ObjStm /N %d /First %d /Filter /FlateDecode" % (len(objects), len(header))
+    return pdf_stream(dictionary, zlib.compress(header + body))
+
+
+CATALOG = b"<< /Type /Catalog /Pages 2 0 R /OpenAction 3 0 R >>"
+PAGES = b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>"
+PAGE = b"<< /Type /Page /Parent 2 0 R /Contents 5 0 R >>"
+TEXT = pdf_stream(b"/Filter /FlateDecode", zlib.compress(b"BT (Hello) Tj ET"))
+
+
+def document(action: bytes) -> bytes:
+    """A one-page PDF whose /OpenAction is object 3, `action`."""
+    return pdf_file(CATALOG, PAGES, action, PAGE, TEXT)
+
+
+LAUNCH = b"<< /Type /Action /S /Launch /Win << /F (cmd.exe) /P (/c calc) >> >>"
+JAVASCRIPT = b"<< /Type /Action /S /JavaScript /JS (app.alert('hi');) >>"
+WITH_JAVASCRIPT = (*BLOCKED_BY_DEFAULT, "pdf-javascript")
+
+
+def test_pdf_with_a_launch_action_is_refused() -> None:
+    result = judge(mail(("report.pdf", document(LAUNCH))))
+    assert_blocked(result, "report.pdf")
+    assert result.reason == "attachment type pdf-launch by content (report.pdf)"
+    hidden = pdf_file(CATALOG, PAGES, object_stream(3, LAUNCH), PAGE, TEXT)
+    assert_blocked(judge(mail(("report.pdf", hidden))), "report.pdf")
+    escaped = document(b"<< /S /L#61unch /F (calc.exe) >>")
+    assert_blocked(judge(mail(("report.pdf", escaped))), "report.pdf")
+    quarantined = judge(mail(("report.pdf", document(LAUNCH))), action="quarantine")
+    assert quarantined.decision == Decision.QUARANTINE
+    assert_accepted(judge(mail(("report.pdf", document(LAUNCH))), allow_extensions=["pdf-launch"]))
+
+
+@pytest.mark.parametrize(
+    "pdf",
+    [
+        document(JAVASCRIPT),
+        document(b"<< /S /J#61vaScript /J#53 (app.alert(1)) >>"),  # hex-escaped names
+        pdf_file(CATALOG, PAGES, object_stream(3, JAVASCRIPT), PAGE, TEXT),  # compressed
+        pdf_file(
+            CATALOG.replace(b">>", b"/Names << /JavaScript 6 0 R >> >>"),
+            PAGES,
+            b"<< >>",
+            PAGE,
+            TEXT,
+            object_stream(6, b"<< /Names [(init) 7 0 R] >>", b"<< /S /J#61vaScript /JS 8 0 R >>"),
+        ),
+    ],
+)
+def test_pdf_javascript_is_accepted_unless_configured(pdf: bytes) -> None:
+    assert_accepted(judge(mail(("form.pdf", pdf))))
+    result = judge(mail(("form.pdf", pdf)), block_extensions=WITH_JAVASCRIPT)
+    assert_blocked(result, "form.pdf")
+    assert "pdf-javascript" in result.reason
+
+
+def test_pdf_javascript_in_compressed_streams_needs_archive_inspection() -> None:
+    hidden = pdf_file(CATALOG, PAGES, object_stream(3, JAVASCRIPT), PAGE, TEXT)
+    policy_options: dict[str, Any] = {"block_extensions": WITH_JAVASCRIPT}
+    assert_blocked(judge(mail(("form.pdf", hidden)), **policy_options), "form.pdf")
+    assert_accepted(judge(mail(("form.pdf", hidden)), inspect_archives=False, **policy_options))
+    plain = document(JAVASCRIPT)  # no decompression needed
+    assert_blocked(
+        judge(mail(("form.pdf", plain)), inspect_archives=False, **policy_options), "form.pdf"
+    )
+
+
+def test_ordinary_pdfs_are_accepted() -> None:
+    assert_accepted(judge(mail(("report.pdf", document(b"<< /S /GoTo /D [4 0 R /Fit] >>")))))
+    # Page text about launch actions and JavaScript, in a compressed content stream,
+    # and names that only start like them.
+    about = pdf_stream(
+        b"/Filter /FlateDecode", zlib.compress(b"BT (Avoid /Launch and /JavaScript) Tj ET")
+    )
+    lookalikes = b"<< /S /GoTo /D [4 0 R /Fit] /JSON 1 /Launcher 2 >>"
+    data = pdf_file(CATALOG, PAGES, lookalikes, PAGE, about)
+    assert_accepted(judge(mail(("paper.pdf", data)), block_extensions=WITH_JAVASCRIPT))
+
+
+def test_pdfs_inside_archives_are_judged() -> None:
+    zipped = make_zip({"docs/form.pdf": pdf_file(CATALOG, PAGES, object_stream(3, LAUNCH))})
+    assert_blocked(judge(mail(("docs.zip", zipped))), "docs.zip > docs/form.pdf")
+    zipped = make_zip({"form.pdf": document(JAVASCRIPT)})
+    assert_accepted(judge(mail(("docs.zip", zipped))))
+    assert_blocked(
+        judge(mail(("docs.zip", zipped)), block_extensions=WITH_JAVASCRIPT), "docs.zip > form.pdf"
+    )
+
+
+def test_pdf_with_an_undecodable_object_stream_is_held() -> None:
+    lzw = pdf_stream(b"/Type /ObjStm /N 1 /First 4 /Filter /LZWDecode", b"\x80\x0b\x60\x50")
+    result = judge(mail(("scan.pdf", pdf_file(CATALOG, PAGES, lzw))))
+    assert result.decision == Decision.QUARANTINE
+    assert (
+        result.reason == "attachment cannot be inspected: undecodable pdf object stream (scan.pdf)"
+    )
+    assert_accepted(
+        judge(mail(("scan.pdf", pdf_file(CATALOG, PAGES, lzw))), uninspectable="accept")
+    )
+
+
+def test_pdf_found_by_content_whatever_its_name() -> None:
+    assert_blocked(judge(mail(("scan.jpg", document(LAUNCH)))), "scan.jpg")
+    assert_blocked(judge(mail((None, b"garbage\n" + document(LAUNCH)))), "unnamed")
+
+
+def filespec(name: bytes, number: int) -> bytes:
+    return b"<< /Type /Filespec /F " + name + b" /UF " + name + b" /EF << /F %d 0 R >> >>" % number
+
+
+def embedded(data: bytes) -> bytes:
+    return pdf_stream(b"/Type /EmbeddedFile /Filter /FlateDecode", zlib.compress(data))
+
+
+def with_attachment(name: bytes, data: bytes) -> bytes:
+    """A PDF carrying one embedded file (objects 6 and 7)."""
+    names = b"/Names << /EmbeddedFiles << /Names [(f) 6 0 R] >> >>"
+    catalog = b"<< /Type /Catalog /Pages 2 0 R " + names + b" >>"
+    return pdf_file(catalog, PAGES, b"<< >>", PAGE, TEXT, filespec(name, 7), embedded(data))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "shown"),
+    [
+        (b"(invoice.exe)", b"harmless text", "doc.pdf > invoice.exe"),
+        (b"(<FEFF0069006E0076002E006A0073>)"[1:-1], b"x", "doc.pdf > inv.js"),  # UTF-16
+        (b"(holiday.jpg)", pe(), "doc.pdf > holiday.jpg"),  # by content
+        (b"(tools.zip)", make_zip({"tool.exe": b"x"}), "doc.pdf > tools.zip > tool.exe"),
+        (b"(q3.docx)", docx({"word/vbaProject.bin": b"x"}), "doc.pdf > q3.docx"),
+        (b"(inner.pdf)", document(LAUNCH), "doc.pdf > inner.pdf"),
+    ],
+)
+def test_files_embedded_in_pdfs_are_judged_like_members(
+    name: bytes, content: bytes, shown: str
+) -> None:
+    assert_blocked(judge(mail(("doc.pdf", with_attachment(name, content)))), shown)
+
+
+def test_harmless_files_embedded_in_pdfs_pass() -> None:
+    assert_accepted(judge(mail(("doc.pdf", with_attachment(b"(notes.txt)", b"notes")))))
+    data = with_attachment(b"(data.zip)", make_zip({"a.csv": b"1,2"}))
+    assert_accepted(judge(mail(("doc.pdf", data))))
+
+
+def test_pdf_with_an_undecodable_embedded_file_is_held() -> None:
+    data = with_attachment(b"(notes.txt)", b"notes").replace(
+        b"/Type /EmbeddedFile /Filter /FlateDecode", b"/Type /EmbeddedFile /Filter /LZWDecode"
+    )
+    result = judge(mail(("doc.pdf", data)))
+    assert result.decision == Decision.QUARANTINE
+    assert "doc.pdf > notes.txt" in result.reason
+
+
+def test_pdf_bombs_hit_the_archive_bounds() -> None:
+    dictionary = b"/Type /ObjStm /N 1 /First 4 /Filter /FlateDecode"
+    bomb = pdf_file(CATALOG, PAGES, pdf_stream(dictionary, zlib.compress(bytes(20 * MiB), 9)))
+    assert judge(mail(("a.pdf", bomb))).reply == LIMIT_REPLIES["ratio"]
+    nested = with_attachment(
+        b"(a.pdf)", with_attachment(b"(b.pdf)", with_attachment(b"(c.pdf)", PDF))
+    )
+    nested = with_attachment(b"(z.pdf)", nested)
+    assert judge(mail(("a.pdf", nested))).reply == LIMIT_REPLIES["depth"]
+
+
+def rtf_with_object(control: bytes) -> bytes:
+    return rb"{\rtf1\ansi\deff0{\fonttbl{\f0 Calibri;}}\f0 Invoice attached.\par" + control + rb"}"
+
+
+@pytest.mark.parametrize(
+    "rtf",
+    [
+        # CVE-2017-11882: an Equation Editor object
+        rtf_with_object(
+            rb"{\object\objemb\objupdate{\*\objclass Equation.3}\objw380\objh260"
+            rb"{\*\objdata 01050000020000000b0000004571756174696f6e2e3300}}"
+        ),
+        # CVE-2017-0199: a link updated when opened
+        rtf_with_object(rb"{\object\objautlink\objupdate\rsltpict{\*\objdata 0105}}"),
+        rtf_with_object(b"{\\OBJ\r\nECT\\OBJ\r\nDATA 0105}"),  # case, CR/LF in words
+        b"{\\rtx" + rtf_with_object(rb"{\*\objdata 0105}")[5:],  # "{\rt" is enough
+    ],
+)
+def test_rtf_with_an_ole_object_is_refused(rtf: bytes) -> None:
+    result = judge(mail(("letter.rtf", rtf)))
+    assert_blocked(result, "letter.rtf")
+    assert result.reason == "attachment type rtf-object by content (letter.rtf)"
+    assert_blocked(judge(mail(("letter.doc", rtf))), "letter.doc")  # Word opens it anyway
+
+
+def test_plain_rtf_is_accepted() -> None:
+    rtf = rb"{\rtf1\ansi{\fonttbl{\f0 Arial;}}\f0 Write \\object in text, \b bold\b0 .\par}"
+    assert_accepted(judge(mail(("letter.rtf", rtf))))
+
+
+def test_rtf_shown_as_the_text_of_a_message_is_not_judged() -> None:
+    """A text part without a file name is read by a person, not opened by Word."""
+    body = r"{\rtf1 Here is how an exploit starts: {\object\objdata 0105}}"
+    assert_accepted(judge(mail(body=body)))
+
+
+TNEF_SIGNATURE = b"\x78\x9f\x3e\x22"
+
+
+def tnef_attribute(level: int, attribute: int, data: bytes) -> bytes:
+    """[MS-OXTNEF] 2.1.3.1: level, ID, length, data, checksum."""
+    checksum = sum(data) & 0xFFFF
+    return struct.pack("<BII", level, attribute, len(data)) + data + struct.pack("<H", checksum)
+
+
+def tnef(*files: tuple[str, bytes], short: str | None = None) -> bytes:
+    """A winmail.dat: for each file attAttachRenddata, attAttachTitle (an 8.3 name, or
+    `short`), attAttachData, attAttachment with PR_ATTACH_LONG_FILENAME (Unicode)."""
+    out = [TNEF_SIGNATURE, b"\x01\x00"]
+    out.append(tnef_attribute(1, 0x00078008, b"IPM.Microsoft Mail.Note\x00"))  # class
+    for name, data in files:
+        stem, _dot, ext = name.rpartition(".")
+        title = short or f"{stem[:6]}~1.{ext[:3]}".upper()
+        long_name = (name + "\x00").encode("utf-16-le")
+        long_name += bytes(-len(long_name) % 4)
+        props = struct.pack("<I", 1) + struct.pack("<HHII", 0x001F, 0x3707, 1, len(name) * 2 + 2)
+        props += long_name
+        out.append(tnef_attribute(2, 0x00069002, bytes(14)))  # attAttachRenddata
+        out.append(tnef_attribute(2, 0x00018010, title.encode() + b"\x00"))  # attAttachTitle
+        out.append(tnef_attribute(2, 0x0006800F, data))  # attAttachData
+        out.append(tnef_attribute(2, 0x00069005, props))  # attAttachment
+    return b"".join(out)
+
+
+def tnef_mail(data: bytes) -> bytes:
+    return raw_part('Content-Type: application/ms-tnef; name="winmail.dat"', data)
+
+
+def test_tnef_is_opened_and_its_attachments_judged() -> None:
+    result = judge(tnef_mail(tnef(("notes.txt", b"notes"), ("invoice.exe", b"harmless"))))
+    assert_blocked(result, "winmail.dat > invoice.exe")
+    assert_accepted(judge(tnef_mail(tnef(("notes.txt", b"notes"), ("photo.jpg", PNG)))))
+    assert_blocked(judge(tnef_mail(tnef(("notes.txt", pe())))), "winmail.dat > notes.txt")
+    # every name counts: the long one, and the 8.3 title
+    long_only = tnef(("readme.txt.js", b"x"), short="README~1.TXT")
+    assert_blocked(judge(tnef_mail(long_only)), "winmail.dat > readme.txt.js")
+    short_only = tnef(("readme.txt", b"x"), short="README~1.JS")
+    assert_blocked(judge(tnef_mail(short_only)), "winmail.dat > readme.txt")
+    # inside an archive, and without archive inspection
+    zipped = make_zip({"winmail.dat": tnef(("run.vbs", b"x"))})
+    assert_blocked(judge(mail(("mail.zip", zipped))), "mail.zip > winmail.dat > run.vbs")
+    assert_accepted(judge(tnef_mail(tnef(("payload.bin", pe()))), inspect_archives=False))
+
+
+def test_tnef_members_count_against_the_archive_budget() -> None:
+    data = tnef(*((f"f{i}.txt", b"x") for i in range(30)))
+    result = judge(tnef_mail(data), limits=ArchiveLimits(max_members=20))
+    assert result.reply == LIMIT_REPLIES["members"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        tnef(("notes.txt", b"notes"))[:-7],  # truncated
+        TNEF_SIGNATURE + b"\x01\x00" + struct.pack("<BII", 2, 0x0006800F, 0xFFFFFF00) + b"x",
+        TNEF_SIGNATURE + bytes(range(256)) * 4,  # the right magic, then noise
+    ],
+)
+def test_malformed_tnef_is_held(data: bytes) -> None:
+    result = judge(tnef_mail(data))
+    assert result.decision == Decision.QUARANTINE, result
+    assert "winmail.dat" in result.reason
+
+
+def test_truncated_tnef_is_still_judged_by_what_was_read() -> None:
+    data = tnef(("notes.txt", b"notes"), ("invoice.exe", b"MZ" + bytes(100)))[:-120]
+    assert_blocked(judge(tnef_mail(data)), "winmail.dat > INVOIC~1.EXE")
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("a.pdf", b"%PDF-1.7\n1 0 obj << /Type /ObjStm /N 1 /First 9 /Filter /Fl >>\nstream\n"),
+        ("a.pdf", b"%PDF-" + bytes(range(256)) * 8),
+        ("a.pdf", b"%PDF-1.4\n/EF << /F 99999999999 0 R >> /EF /EF <<"),
+        ("a.rtf", b"{\\rt" + bytes(range(256)) * 8),
+        ("a.rtf", b"{\\rtf1" + b"\\" * 100_000 + b"object"),
+        ("winmail.dat", TNEF_SIGNATURE),
+        ("winmail.dat", TNEF_SIGNATURE + b"\x01\x00" + b"\x02" + b"\xff" * 8),
+    ],
+)
+def test_malformed_documents_get_a_decision(name: str, data: bytes) -> None:
+    result = judge(mail((name, data)))
+    assert result.decision in set(Decision)
+
+
 # ------------------------------------------------------------------ as a ContentCheck
 
 
@@ -514,6 +835,14 @@ FUZZ_SEEDS = [
     raw_part('Content-Type: message/rfc822; name="f.eml"', mail(("x.js", b"1"))),
     nested_multiparts(6),
 ]
+# Binary seeds, attached as they are and damaged before encoding: the documents and
+# containers of the active-content checks.
+FILE_SEEDS = [
+    ("doc.pdf", with_attachment(b"(a.txt)", make_zip({"b.exe": b"x"}))),
+    ("form.pdf", pdf_file(CATALOG, PAGES, object_stream(3, JAVASCRIPT, LAUNCH), PAGE, TEXT)),
+    ("letter.rtf", rtf_with_object(rb"{\object\objemb{\*\objdata 0105}}")),
+    ("winmail.dat", tnef(("notes.txt", b"notes"), ("invoice.exe", pe()))),
+]
 
 
 @settings(max_examples=150, deadline=None)
@@ -530,6 +859,26 @@ def test_damaged_messages_get_a_decision(seed: bytes, edits: list[tuple[int, byt
     result = policy().evaluate(bytes(data))
     assert result.decision in set(Decision)
     assert result.reply is None or result.reply.text.isascii()  # type: ignore[union-attr]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(FILE_SEEDS),
+    st.lists(st.tuples(st.integers(min_value=0), st.binary(max_size=12)), max_size=6),
+    st.booleans(),
+)
+def test_damaged_documents_get_a_decision(
+    seed: tuple[str, bytes], edits: list[tuple[int, bytes]], javascript: bool
+) -> None:
+    """PDFs, RTF and TNEF damaged anywhere: a decision, never an exception."""
+    name, content = seed
+    data = bytearray(content)
+    for where, noise in edits:
+        position = where % (len(data) or 1)
+        data[position : position + len(noise)] = noise
+    blocked = WITH_JAVASCRIPT if javascript else BLOCKED_BY_DEFAULT
+    result = policy(block_extensions=blocked).evaluate(mail((name, bytes(data))))
+    assert result.decision in set(Decision)
 
 
 @pytest.mark.parametrize(

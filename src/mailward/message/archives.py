@@ -3,11 +3,13 @@
 
 `walk(data, path, budget)` yields every member of an archive, depth first, and the
 members of the archives inside it: ZIP (APPNOTE.TXT; also the Office Open XML,
-OpenDocument, JAR and APK files built on it), tar (POSIX ustar / GNU), and gzip
-(RFC 1952), bzip2 and xz streams. Formats it cannot open (RAR, 7z, CAB, ...), members
-it cannot read (encrypted: general-purpose flag bit 0; compression methods other than
-stored and deflate) and archives that are corrupt are yielded as `Entry`s with a
-`problem` and no data, so the caller applies its policy for uninspectable content.
+OpenDocument, JAR and APK files built on it), tar (POSIX ustar / GNU), gzip
+(RFC 1952), bzip2 and xz streams, and TNEF (winmail.dat, application/ms-tnef,
+[MS-OXTNEF]: each attachment a member, see `_tnef`). Formats it cannot open (RAR, 7z,
+CAB, ...), members it cannot read (encrypted: general-purpose flag bit 0; compression
+methods other than stored and deflate) and archives that are corrupt are yielded as
+`Entry`s with a `problem` and no data, so the caller applies its policy for
+uninspectable content.
 
 Bounds, shared by every archive of one message through one `Budget`, each raising
 `ArchiveLimitExceeded` (naming the rule) rather than working on:
@@ -23,14 +25,20 @@ Bounds, shared by every archive of one message through one `Budget`, each raisin
 - compression ratio (`max_ratio`, for members of more than `ratio_min_size` octets),
   both declared and actual.
 
+`pdf_inside(data, path, budget)` looks inside a PDF, within the same budget: its object
+streams decoded (for `sniff.pdf_labels`) and its embedded files (see there).
+
 Never raises anything but `ArchiveLimitExceeded`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bz2
 import io
 import lzma
+import re
 import struct
 import tarfile
 import zipfile
@@ -38,14 +46,22 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from mailward.message.sniff import ARCHIVE_FORMATS, sniff, zip_container_kind
+from mailward.message.sniff import (
+    ARCHIVE_FORMATS,
+    pdf_labels,
+    pdf_name_regex,
+    sniff,
+    zip_container_kind,
+)
 
 __all__ = [
     "ArchiveLimitExceeded",
     "ArchiveLimits",
     "Budget",
     "Entry",
+    "PdfInside",
     "archive_format",
+    "pdf_inside",
     "walk",
 ]
 
@@ -130,7 +146,8 @@ class Entry:
     ("encrypted", "unsupported compression", "corrupt zip archive", "rar archive", ...;
     a problem about a whole archive has that archive's path). `container` is what
     `sniff.zip_container_kind` says of the ZIP holding it. `other_names` are further
-    names the member goes by (the original name a gzip header records)."""
+    names the member goes by (the original name a gzip header records, the other
+    names of a TNEF attachment or a PDF embedded file)."""
 
     path: tuple[str, ...]
     data: bytes | None
@@ -167,6 +184,8 @@ def walk(data: bytes, path: tuple[str, ...], budget: Budget, *, depth: int = 1) 
         yield from _tar(data, path, budget, depth)
     elif label in ("gzip", "bzip2", "xz"):
         yield from _compressed(data, label, path, budget, depth)
+    elif label == "tnef":
+        yield from _tnef(data, path, budget, depth)
     elif label in ARCHIVE_FORMATS:
         yield Entry(path, None, depth, problem=f"{label} archive")
 
@@ -431,3 +450,564 @@ def _gzip_original_name(data: bytes) -> str:
         position += 2 + struct.unpack_from("<H", data, 10)[0]
     end = data.find(b"\x00", position, position + 1024)
     return data[position:end].decode("latin-1") if end > position else ""
+
+
+# ----------------------------------------------------------------------------- TNEF
+
+_TNEF_SIGNATURE = b"\x78\x9f\x3e\x22"
+_TNEF_MAX_ATTRIBUTES = 100_000
+# Attribute IDs (the low 16 bits; [MS-OXTNEF] 2.1.3.3; the high 16 bits, the type,
+# are not trusted).
+_ATT_ATTACH_DATA = 0x800F
+_ATT_ATTACH_TITLE = 0x8010
+_ATT_ATTACH_TRANSPORT_FILENAME = 0x9001
+_ATT_ATTACH_RENDDATA = 0x9002
+_ATT_ATTACHMENT = 0x9005
+# MAPI properties of an attachment ([MS-OXPROPS]): names first, most trusted first.
+_PR_ATTACH_DATA = 0x3701
+_PR_ATTACH_LONG_FILENAME = 0x3707
+_NAME_PROPERTIES = (0x3707, 0x3704, 0x370D, 0x3708, 0x370C, 0x3001, 0x3703)
+# PtypXxx value sizes ([MS-OXCDATA] 2.11.1) of the fixed-size property types.
+_FIXED_SIZES = {0x0002: 2, 0x0003: 4, 0x0004: 4, 0x0005: 8, 0x0006: 8, 0x0007: 8}
+_FIXED_SIZES |= {0x000A: 4, 0x000B: 2, 0x0014: 8, 0x0040: 8, 0x0048: 16}
+_VARIABLE_TYPES = frozenset({0x000D, 0x001E, 0x001F, 0x0102})  # object, strings, binary
+
+
+class _TnefError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class _TnefFile:
+    names: list[str]
+    data: list[bytes]
+    problem: str = ""
+
+
+def _tnef(data: bytes, path: tuple[str, ...], budget: Budget, depth: int) -> Iterator[Entry]:
+    """The attachments of a TNEF stream ([MS-OXTNEF] 2.1.3): each starts with an
+    attAttachRenddata attribute (level 2) and is named by attAttachTitle,
+    attAttachTransportFilename and, in its attAttachment property list,
+    PR_ATTACH_LONG_FILENAME and the other name properties; its content is
+    attAttachData or PR_ATTACH_DATA_BIN / PR_ATTACH_DATA_OBJ (an embedded message is a
+    TNEF stream itself, after the 16-octet interface ID, so it is opened as a nested
+    archive). The long file name names the entry; every name is judged, and every
+    distinct content (a reader may take either). The content is a slice of `data`
+    (already counted). Checksums are not checked. A stream cut short, with a length
+    past its end, or with properties we cannot size yields what was read, then a
+    "corrupt tnef stream" problem. The message's own attributes (its compressed RTF
+    body, PR_RTF_COMPRESSED, among them) are not read."""
+    files: list[_TnefFile] = []
+    problem = ""
+    try:
+        _tnef_parse(data, files)
+    except _TnefError as exc:
+        problem = str(exc)
+    for number, found in enumerate(files, 1):
+        budget.add_member()
+        names = list(dict.fromkeys(name for name in found.names if name))
+        name = names[0] if names else f"attachment {number}"
+        contents = list(dict.fromkeys(found.data)) or [b""]
+        for content in contents:
+            entry = Entry(
+                (*path, name), content, depth, other_names=tuple(names[1:]), problem=found.problem
+            )
+            yield entry
+            yield from _nested(entry, budget)
+    if problem:
+        yield Entry(path, None, depth, problem=problem)
+
+
+def _tnef_parse(data: bytes, files: list[_TnefFile]) -> None:
+    if not data.startswith(_TNEF_SIGNATURE) or len(data) < 6:
+        raise _TnefError("corrupt tnef stream")
+    position = 6  # signature, legacy key
+    current: _TnefFile | None = None
+    for _ in range(_TNEF_MAX_ATTRIBUTES):
+        if position >= len(data) or not any(data[position : position + 11]):
+            return  # the end (zero padding after the last attribute is tolerated)
+        if position + 9 > len(data):
+            raise _TnefError("corrupt tnef stream")
+        level = data[position]
+        attribute, length = struct.unpack_from("<II", data, position + 1)
+        start = position + 9
+        end = start + length
+        if level not in (1, 2) or end + 2 > len(data):
+            raise _TnefError("corrupt tnef stream")
+        value = data[start:end]
+        position = end + 2  # and the checksum
+        if level != 2:
+            continue
+        kind = attribute & 0xFFFF
+        if current is None or kind == _ATT_ATTACH_RENDDATA:
+            current = _TnefFile([], [])
+            files.append(current)
+        if kind == _ATT_ATTACH_DATA:
+            current.data.append(value)
+        elif kind in (_ATT_ATTACH_TITLE, _ATT_ATTACH_TRANSPORT_FILENAME):
+            current.names.append(_tnef_string(value, unicode=False))
+        elif kind == _ATT_ATTACHMENT:
+            try:
+                _tnef_properties(value, current)
+            except (_TnefError, struct.error):
+                current.problem = "corrupt tnef attachment properties"
+    raise _TnefError("tnef stream with too many attributes")
+
+
+def _tnef_properties(value: bytes, found: _TnefFile) -> None:
+    """The names and content in an attachment's MAPI property list ([MS-OXTNEF]
+    2.1.3.4); raises on what cannot be read (what was read before is kept)."""
+    (count,) = struct.unpack_from("<I", value, 0)
+    position = 4
+    for _ in range(count):
+        if position >= len(value):
+            raise _TnefError("property list cut short")
+        kind, tag = struct.unpack_from("<HH", value, position)
+        position += 4
+        if tag >= 0x8000:  # a named property: GUID, kind, then an ID or a name
+            (name_kind,) = struct.unpack_from("<I", value, position + 16)
+            position += 20
+            if name_kind == 0:
+                position += 4
+            else:
+                (size,) = struct.unpack_from("<I", value, position)
+                position += 4 + _padded(size)
+        multiple = kind & 0x1000
+        base = kind & 0x0FFF
+        values = 1
+        if multiple or base in _VARIABLE_TYPES:
+            (values,) = struct.unpack_from("<I", value, position)
+            position += 4
+        if base in _FIXED_SIZES:
+            position += values * _padded(_FIXED_SIZES[base])
+            continue
+        if base not in _VARIABLE_TYPES:
+            raise _TnefError(f"property type {kind:#06x}")
+        for _ in range(values):
+            (size,) = struct.unpack_from("<I", value, position)
+            position += 4
+            if position + size > len(value):
+                raise _TnefError("property value cut short")
+            item = value[position : position + size]
+            position += _padded(size)
+            if tag in _NAME_PROPERTIES and base in (0x001E, 0x001F):
+                name = _tnef_string(item, unicode=base == 0x001F)
+                if tag == _PR_ATTACH_LONG_FILENAME:
+                    found.names.insert(0, name)  # the name Outlook shows and saves as
+                else:
+                    found.names.append(name)
+            elif tag == _PR_ATTACH_DATA and base == 0x0102:
+                found.data.append(item)
+            elif tag == _PR_ATTACH_DATA and base == 0x000D and len(item) > 16:
+                found.data.append(item[16:])  # after the interface ID
+
+
+def _padded(size: int) -> int:
+    return (size + 3) & ~3
+
+
+def _tnef_string(value: bytes, *, unicode: bool) -> str:
+    text = value.decode("utf-16-le", "replace") if unicode else value.decode("cp1252", "replace")
+    return text.rstrip("\x00")
+
+
+# ----------------------------------------------------------------------------- PDF
+
+_PDF_MAX_OBJECT_STREAMS = 10_000  # streams examined per PDF (text_extract's bound)
+_PDF_MAX_DICTIONARY = 64 * 1024  # octets of a stream's dictionary read
+_PDF_MAX_LOOKUPS = 64  # embedded file streams looked up by object number per PDF
+_PDF_NAME_WINDOW = 1024  # octets around an /EF where its file names are looked for
+_PDF_MAX_NAMES = 8
+_PDF_WHITE = rb"[\x00\t\n\x0c\r ]"
+_PDF_MARKERS = re.compile(pdf_name_regex(["ObjStm", "EmbeddedFile", "First"]))
+_PDF_EF = re.compile(pdf_name_regex(["EF"]))
+_PDF_ENCRYPT = re.compile(pdf_name_regex(["Encrypt"]))
+_PDF_KEYWORD = re.compile(
+    rb"(?<![A-Za-z0-9])(?:(?P<stream>stream)(?:\r\n|\n|\r)|(?:endobj|obj)(?![A-Za-z0-9]))"
+)
+_PDF_HEADER_END = re.compile(
+    rb"([0-9]{1,10})" + _PDF_WHITE + rb"+[0-9]{1,5}" + _PDF_WHITE + rb"*\Z"
+)
+_PDF_REF = re.compile(rb"([0-9]{1,10})" + _PDF_WHITE + rb"+([0-9]{1,5})" + _PDF_WHITE + rb"+R")
+_PDF_EF_DICT = re.compile(rb"[\x00\t\n\x0c\r ]*<<(.{0,1024}?)>>", re.DOTALL)
+_PDF_STRING = (
+    rb"(?P<lit>\((?:[^()\\]|\\.|\((?:[^()\\]|\\.){0,1024}\)){0,1024}\))"
+    rb"|(?P<hex><[0-9A-Fa-f\x00\t\n\x0c\r ]{0,4096}>)"
+)
+_PDF_FILE_NAME = re.compile(
+    pdf_name_regex(["UF", "F", "DOS", "Mac", "Unix"]) + _PDF_WHITE + b"*(?:" + _PDF_STRING + b")",
+    re.DOTALL,
+)
+_PDF_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
+_PDF_LITERAL_ESCAPE = re.compile(rb"\\([0-7]{1,3}|\r\n|.)", re.DOTALL)
+_PDF_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
+_PDF_FILTER_NAMES = re.compile(rb"/([A-Za-z0-9]+)")
+_PDF_LENGTH = re.compile(
+    rb"/Length"
+    + _PDF_WHITE
+    + rb"*([0-9]{1,12})(?!"
+    + _PDF_WHITE
+    + rb"+[0-9]+"
+    + _PDF_WHITE
+    + rb"+R)"
+)
+_PDF_PREDICTOR = re.compile(rb"/Predictor" + _PDF_WHITE + rb"*([0-9]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class PdfInside:
+    """What `pdf_inside` found: `labels` of active content in the object streams
+    (`sniff.pdf_labels`), and `files`: the embedded files (data decoded) and problems."""
+
+    labels: frozenset[str]
+    files: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _PdfStream:
+    number: int | None  # the object number, if its "n g obj" header was found
+    dictionary: bytes  # "#hh" escapes decoded
+    start: int  # of the stream data
+
+
+def pdf_inside(data: bytes, path: tuple[str, ...], budget: Budget, *, depth: int = 1) -> PdfInside:
+    """A look inside the PDF `data` (ISO 32000-1), called `path[-1]`, bounded by `budget`.
+
+    Streams are found from their dictionaries: a /Type /ObjStm (or /First) or /Type
+    /EmbeddedFile name (also "#hh"-escaped) followed by the `stream` keyword before
+    any `obj`/`endobj`; at most `_PDF_MAX_OBJECT_STREAMS` of them (more refuse the
+    message, rule "members"). Their data is decoded through FlateDecode (inflated
+    `CHUNK` octets at a time from the stream start until the deflate stream ends, so a
+    false /Length or an "endstream" inside the data cuts nothing short; every octet
+    counted in `budget`, with its ratio bound), ASCIIHexDecode and ASCII85Decode.
+
+    - Object streams (7.5.7) are read by `sniff.pdf_labels`. One we cannot decode
+      (another filter, a predictor, corrupt data) makes a problem entry for the PDF;
+      in an encrypted PDF (/Encrypt) they are skipped: only its unencrypted object
+      layer is judged.
+    - Embedded files (7.11.4): every /EF dictionary of a file specification, in the
+      file or in an object stream, makes one entry, named by the file specification's
+      /UF, /F (or /DOS, /Mac, /Unix) strings within `_PDF_NAME_WINDOW` octets of it
+      (the nearest first; all are judged), with the content of the stream it refers to
+      (found among the /EmbeddedFile streams, or by its "n g obj" header). Streams of
+      type /EmbeddedFile no file specification names are entries too ("embedded file
+      n"). A file specification whose stream is not found is judged by name (empty
+      content); a stream we cannot decode is a problem entry ("encrypted" in an
+      encrypted PDF). Each counts as a member; `depth` is theirs. Streams are looked
+      up by number in one pass, for at most `_PDF_MAX_LOOKUPS` objects over at most
+      `_PDF_MAX_OBJECT_STREAMS` headers; past that the PDF is a problem entry.
+
+    Not seen: an /EF given as an indirect reference (names only), and streams in
+    incremental updates that are only reachable by cross-reference offsets."""
+    labels: set[str] = set()
+    files: list[Entry] = []
+    name = path[-1]
+    encrypted = _PDF_ENCRYPT.search(data) is not None
+    streams = _pdf_marked_streams(data)
+    if len(streams) > _PDF_MAX_OBJECT_STREAMS:
+        raise ArchiveLimitExceeded(
+            "members", f"{name!r}: over {_PDF_MAX_OBJECT_STREAMS} object streams and files"
+        )
+    layers = [data]
+    embedded: dict[int, _PdfStream] = {}
+    unnumbered: list[_PdfStream] = []
+    undecodable = False
+    for stream in streams:
+        if _pdf_has_name(stream.dictionary, b"EmbeddedFile"):
+            if stream.number is None:
+                unnumbered.append(stream)
+            else:
+                embedded[stream.number] = stream
+            continue
+        if (
+            not (
+                _pdf_has_name(stream.dictionary, b"ObjStm")
+                or (
+                    _pdf_has_name(stream.dictionary, b"First")
+                    and _pdf_has_name(stream.dictionary, b"N")
+                )
+            )
+            or encrypted
+        ):
+            continue
+        content = _pdf_decode(data, stream, budget, name, unfiltered=False)
+        if content is None:
+            undecodable = True
+        elif content:
+            labels |= pdf_labels(content)
+            layers.append(content)
+    if undecodable:
+        files.append(Entry(path, None, depth, problem="undecodable pdf object stream"))
+    specs: list[tuple[list[str], list[int]]] = []
+    for layer in layers:
+        for match in _PDF_EF.finditer(layer):
+            budget.add_member()
+            refs = _pdf_ef_refs(layer, match.end())
+            specs.append((_pdf_file_names(layer, match.start()), refs))
+    wanted = {number for _names, refs in specs for number in refs if number not in embedded}
+    found, complete = _pdf_lookup(data, wanted)
+    if not complete:
+        files.append(Entry(path, None, depth, problem="pdf with too many objects"))
+    linked: set[int] = set()
+    for names, refs in specs:
+        target: _PdfStream | None = None
+        for number in refs:
+            target = embedded.get(number) or found.get(number)
+            if target is not None:
+                linked.add(number)
+                break
+        label = names[0] if names else f"embedded file {refs[0] if refs else '?'}"
+        files.append(
+            _pdf_file(data, target, (*path, label), tuple(names[1:]), budget, depth, encrypted)
+        )
+    for number, unlinked in embedded.items():
+        if number not in linked:
+            budget.add_member()
+            member = (*path, f"embedded file {number}")
+            files.append(_pdf_file(data, unlinked, member, (), budget, depth, encrypted))
+    for unlinked in unnumbered:
+        budget.add_member()
+        member = (*path, "embedded file")
+        files.append(_pdf_file(data, unlinked, member, (), budget, depth, encrypted))
+    if depth > budget.limits.max_depth and any(entry.path != path for entry in files):
+        raise ArchiveLimitExceeded("depth", f"{'/'.join(path)!r} at depth {depth}")
+    return PdfInside(frozenset(labels), tuple(files))
+
+
+def _pdf_file(
+    data: bytes,
+    stream: _PdfStream | None,
+    member: tuple[str, ...],
+    others: tuple[str, ...],
+    budget: Budget,
+    depth: int,
+    encrypted: bool,
+) -> Entry:
+    if stream is None:
+        return Entry(member, b"", depth, other_names=others)
+    if encrypted:
+        return Entry(member, None, depth, problem="encrypted", other_names=others)
+    content = _pdf_decode(data, stream, budget, member[-1], unfiltered=True)
+    if content is None:
+        return Entry(member, None, depth, problem="undecodable pdf stream", other_names=others)
+    return Entry(member, content, depth, other_names=others)
+
+
+def _pdf_marked_streams(data: bytes) -> list[_PdfStream]:
+    """Streams whose dictionary holds one of `_PDF_MARKERS` (in order, each once).
+    Each marker costs a search to the next keyword, and a marker before the keyword
+    found last is skipped, so the scan is linear."""
+    found: list[_PdfStream] = []
+    resume = 0
+    for marker in _PDF_MARKERS.finditer(data):
+        if marker.start() < resume:
+            continue
+        keyword = _PDF_KEYWORD.search(data, marker.end())
+        if keyword is None:
+            break
+        floor, resume = resume, keyword.end()
+        if keyword["stream"] is None:
+            continue  # the marker is in an object with no stream (an outline's /First)
+        found.append(_pdf_stream_at(data, marker.start(), keyword.start(), keyword.end(), floor))
+        if len(found) > _PDF_MAX_OBJECT_STREAMS:
+            break
+    return found
+
+
+def _pdf_stream_at(
+    data: bytes, inside: int, keyword: int, start: int, floor: int = 0
+) -> _PdfStream:
+    """The stream whose dictionary contains offset `inside`: dictionary from its
+    object's "obj" (at most `_PDF_MAX_DICTIONARY` octets back, and not before
+    `floor`, where the previous one ended) to the keyword."""
+    lowest = max(0, floor, inside - _PDF_MAX_DICTIONARY)
+    header = data.rfind(b"obj", lowest, inside)
+    number = None
+    if header >= 0:
+        head = _PDF_HEADER_END.search(data, max(0, header - 32), header)
+        if head is not None and not data.startswith(b"end", header - 3):
+            number = int(head[1])
+    begin = header + 3 if header >= 0 else lowest
+    dictionary = data[begin : min(keyword, begin + 2 * _PDF_MAX_DICTIONARY)]
+    return _PdfStream(number, _pdf_unescape_names(dictionary), start)
+
+
+_HEX_OCTETS = {f"{i:02x}".encode(): bytes([i]) for i in range(256)}
+_HEX_OCTETS |= {key.upper(): value for key, value in _HEX_OCTETS.items()}
+_HEX_OCTETS |= {key[:1].upper() + key[1:]: value for key, value in _HEX_OCTETS.items()}
+_HEX_OCTETS |= {key[:1] + key[1:].upper(): value for key, value in _HEX_OCTETS.items()}
+
+
+def _pdf_unescape_names(text: bytes) -> bytes:
+    """ "#hh" escapes decoded (ISO 32000-1 7.3.5), with a table, not a callback."""
+    if b"#" not in text:
+        return text
+    parts = _PDF_ESCAPE.split(text)
+    parts[1::2] = [_HEX_OCTETS[digits] for digits in parts[1::2]]
+    return b"".join(parts)
+
+
+def _pdf_lookup(data: bytes, wanted: set[int]) -> tuple[dict[int, _PdfStream], bool]:
+    """The streams of the objects `wanted` (at most `_PDF_MAX_LOOKUPS` of them, each
+    by its last "n g obj" header: a later update replaces an object) in one pass, and
+    whether the pass was complete (at most `_PDF_MAX_OBJECT_STREAMS` headers)."""
+    numbers = sorted(wanted)[:_PDF_MAX_LOOKUPS]
+    if not numbers:
+        return {}, True
+    alternatives = b"|".join(b"%d" % number for number in numbers)
+    # No lookbehind for a digit before the number: it would cost a step at every
+    # offset; starting with a digit, the search skips to digits at C speed.
+    header = re.compile(
+        b"("
+        + alternatives
+        + b")"
+        + _PDF_WHITE
+        + rb"+[0-9]{1,5}"
+        + _PDF_WHITE
+        + rb"+obj(?![A-Za-z0-9])"
+    )
+    last: dict[int, int] = {}
+    position = 0
+    for _ in range(_PDF_MAX_OBJECT_STREAMS):
+        match = header.search(data, position)
+        if match is None:
+            break
+        position = match.start() + 1
+        if match.start() == 0 or not data[match.start() - 1 : match.start()].isdigit():
+            last[int(match[1])] = match.end()
+            position = match.end()
+    else:
+        return {}, False
+    found = {}
+    for number, end in last.items():
+        keyword = _PDF_KEYWORD.search(data, end)
+        if keyword is not None and keyword["stream"] is not None:
+            stream = _pdf_stream_at(data, end, keyword.start(), keyword.end())
+            found[number] = _PdfStream(number, stream.dictionary, stream.start)
+    return found, len(wanted) <= _PDF_MAX_LOOKUPS
+
+
+def _pdf_has_name(dictionary: bytes, name: bytes) -> bool:
+    return re.search(b"/" + name + rb"(?![A-Za-z0-9#._-])", dictionary) is not None
+
+
+def _pdf_ef_refs(layer: bytes, position: int) -> list[int]:
+    """The objects referred to in the /EF dictionary that starts at `position`."""
+    match = _PDF_EF_DICT.match(layer, position)
+    if match is None:
+        return []
+    return list(dict.fromkeys(int(ref[1]) for ref in _PDF_REF.finditer(match[1])))
+
+
+def _pdf_file_names(layer: bytes, position: int) -> list[str]:
+    """File name strings near the /EF at `position`, the nearest first."""
+    low = max(0, position - _PDF_NAME_WINDOW)
+    found = []
+    for match in _PDF_FILE_NAME.finditer(layer, low, position + _PDF_NAME_WINDOW):
+        found.append((abs(match.start() - position), _pdf_string(match)))
+    found.sort(key=lambda item: item[0])
+    names = [text for _distance, text in found if text]
+    return list(dict.fromkeys(names))[:_PDF_MAX_NAMES]
+
+
+def _pdf_string(match: re.Match[bytes]) -> str:
+    if match["lit"] is not None:
+        raw = _PDF_LITERAL_ESCAPE.sub(_pdf_unescape, match["lit"][1:-1])
+    else:
+        digits = re.sub(rb"[^0-9A-Fa-f]", b"", match["hex"])
+        raw = binascii.unhexlify(digits + b"0" * (len(digits) % 2))
+    if raw.startswith(b"\xfe\xff"):
+        return raw[2:].decode("utf-16-be", "replace")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return raw[3:].decode("utf-8", "replace")
+    return raw.decode("latin-1")
+
+
+def _pdf_unescape(match: re.Match[bytes]) -> bytes:
+    escaped = match[1]
+    if escaped[:1].isdigit():
+        return bytes([int(escaped, 8) & 0xFF])
+    if escaped in (b"\r\n", b"\n", b"\r"):
+        return b""
+    return _PDF_ESCAPES.get(escaped, escaped)
+
+
+def _pdf_decode(
+    data: bytes, stream: _PdfStream, budget: Budget, name: str, *, unfiltered: bool
+) -> bytes | None:
+    """The decoded data of `stream`, None if it cannot be decoded; an unfiltered
+    stream is b"" unless `unfiltered` (its octets are in the file as they are)."""
+    filters = _pdf_filters(stream.dictionary)
+    if filters is None:
+        return None
+    if not filters:
+        return _pdf_raw(data, stream) if unfiltered else b""
+    content = b""
+    try:
+        for index, filter_name in enumerate(filters):
+            source, offset = (data, stream.start) if index == 0 else (content, 0)
+            if filter_name in (b"FlateDecode", b"Fl"):
+                content = _pdf_inflate(source, offset, budget, name)
+            elif filter_name in (b"ASCIIHexDecode", b"AHx"):
+                end = source.find(b">", offset)
+                digits = re.sub(rb"[^0-9A-Fa-f]", b"", source[offset : end if end >= 0 else None])
+                content = binascii.unhexlify(digits + b"0" * (len(digits) % 2))
+            else:  # ASCII85Decode
+                end = source.find(b"~>", offset)
+                body = source[offset : end if end >= 0 else None].strip().removeprefix(b"<~")
+                content = base64.a85decode(body, ignorechars=b" \t\r\n\x0c\x00")
+    except (zlib.error, binascii.Error, ValueError):
+        return None
+    return content
+
+
+def _pdf_filters(dictionary: bytes) -> list[bytes] | None:
+    """The /Filter names in order; None if one is not ours or a predictor is used."""
+    position = dictionary.find(b"/Filter")
+    if position < 0:
+        return []
+    rest = dictionary[position + 7 :].lstrip(b"\x00\t\n\x0c\r ")
+    if rest.startswith(b"["):
+        names = _PDF_FILTER_NAMES.findall(rest[: rest.find(b"]") + 1])
+    else:
+        names = _PDF_FILTER_NAMES.findall(rest[:64])[:1]
+    known = {b"FlateDecode", b"Fl", b"ASCIIHexDecode", b"AHx", b"ASCII85Decode", b"A85"}
+    if not names or any(filter_name not in known for filter_name in names):
+        return None
+    predictor = _PDF_PREDICTOR.search(dictionary)
+    if predictor is not None and int(predictor[1]) > 1:
+        return None
+    return names
+
+
+def _pdf_raw(data: bytes, stream: _PdfStream) -> bytes:
+    """An unfiltered stream's octets: /Length if direct and inside the file, else up
+    to "endstream" (a slice of the message, already counted)."""
+    length = _PDF_LENGTH.search(stream.dictionary)
+    if length is not None and stream.start + int(length[1]) <= len(data):
+        return data[stream.start : stream.start + int(length[1])]
+    end = data.find(b"endstream", stream.start)
+    return data[stream.start : end if end >= 0 else len(data)]
+
+
+def _pdf_inflate(source: bytes, offset: int, budget: Budget, name: str) -> bytes:
+    """The zlib stream starting at `offset`, `CHUNK` octets in and out at a time,
+    every octet counted (the end is where the deflate stream says)."""
+    inflater = zlib.decompressobj()
+    out = bytearray()
+    fed = offset
+    tail = b""
+    while not inflater.eof:
+        if tail:
+            piece = tail
+        elif fed < len(source):
+            piece = source[fed : fed + CHUNK]
+            fed += len(piece)
+        else:
+            break  # cut short: what was inflated is what a reader shows
+        chunk = inflater.decompress(piece, CHUNK)
+        tail = inflater.unconsumed_tail
+        budget.add_size(len(chunk))
+        out += chunk
+        budget.check_ratio(len(out), fed - offset, name)
+    return bytes(out)

@@ -1,4 +1,4 @@
-"""What a file really is, from its bytes (magic numbers), never from its declared
+r"""What a file really is, from its bytes (magic numbers), never from its declared
 Content-Type or its name (NIST SP 800-45 5.x: content filtering by file type).
 
 `sniff(data)` names the content with the extension it usually has ("exe" for any PE
@@ -20,6 +20,34 @@ Office containers need a look inside:
   META-INF/MANIFEST.MF, an Android package AndroidManifest.xml, an MSIX/AppX
   AppxManifest.xml; `member_labels` finds macros among OOXML / OpenDocument members.
 
+Active content in documents (NIST SP 800-45 v2 "active content"; `active_labels`,
+labels in `ACTIVE_CONTENT_LABELS`):
+
+- "pdf-launch": a PDF (`is_pdf`: "%PDF-" in the first 1024 octets, as readers look
+  for it) with a /Launch action (ISO 32000-1 12.6.4.5: runs a program); and
+  "pdf-javascript": a /JavaScript name (12.6.4.16, the document-level JavaScript name
+  tree 7.7.4) or a /JS name followed by its value (a string or a reference: three
+  characters alone turn up by chance in binary streams). Names are matched as PDF
+  names, also written with "#hh" escapes (7.3.5: "/J#61vaScript"), case-sensitively
+  (as readers do), followed by a delimiter (so "/JSON" is not "/JS"). `pdf_labels`
+  reads the octets it is given: the file itself here (what is not in a stream, and
+  uncompressed streams); `archives.pdf_inside` decodes the object streams (7.5.7) and
+  hands them to it too. A literal string holding the text "/Launch" counts as well
+  (rare outside PDFs about PDFs). Not seen: names in compressed streams other than
+  object streams, in an encrypted PDF's object streams, JavaScript in XFA forms (XML
+  <script> elements), and other actions (/SubmitForm, /ImportData, /GoToE,
+  /RichMedia). "pdf-launch" is blocked by default; "pdf-javascript" is not (many PDF
+  forms use JavaScript): add it to the block list to refuse those too.
+- "rtf-object": an RTF document (`{\rt` at the start: Word asks no more) holding an
+  OLE object or a link to one: the control words \object, \objdata, \objupdate,
+  \objemb, \objlink, \objautlink, \objocx, \objhtml, \objsub, \objpub,
+  \objicemb (RTF 1.9.1 "Objects"; the carriers of CVE-2017-0199 and CVE-2017-11882),
+  in any case and with CR/LF inside them (Word ignores CR and LF), not when the
+  backslash is itself escaped (\\object is text). Not seen: control words Word
+  would build from \'hh escapes or \bin data (it does not), an RTF that does not start
+  with `{\rt` (Word opens it as text), and RTF inside other containers (the
+  compressed RTF body of a TNEF message).
+
 Every function here is pure, never raises on any input, and reads a bounded prefix
 (or, for OLE, scans with C-speed regular expressions).
 """
@@ -31,12 +59,18 @@ import struct
 from collections.abc import Iterable
 
 __all__ = [
+    "ACTIVE_CONTENT_LABELS",
     "ARCHIVE_FORMATS",
     "BLOCKED_BY_DEFAULT",
     "EXECUTABLE_LABELS",
     "OPEN_ARCHIVES",
+    "active_labels",
+    "is_pdf",
     "member_labels",
     "ole_has_macros",
+    "pdf_labels",
+    "pdf_name_regex",
+    "rtf_has_object",
     "sniff",
     "zip_container_kind",
 ]
@@ -74,14 +108,22 @@ BLOCKED_BY_DEFAULT: tuple[str, ...] = (
     *("app", "pkg"),
     # content recognised by sniffing that has no extension of its own
     *("elf", "macho", "script", "macro"),
+    # active content in documents (`active_labels`; "pdf-javascript" is left out:
+    # many PDF forms use JavaScript, add it to refuse those too)
+    *("pdf-launch", "rtf-object"),
 )
+# Labels `active_labels` gives (module doc).
+ACTIVE_CONTENT_LABELS = frozenset({"pdf-launch", "pdf-javascript", "rtf-object"})
+# "tnef": a Transport Neutral Encapsulation Format stream (winmail.dat, MS-OXTNEF),
+# opened like an archive by `message.archives`.
 ARCHIVE_FORMATS = frozenset(
     {"zip", "rar", "7z", "gzip", "bzip2", "xz", "tar", "cab", "arj", "lzh", "ace", "zstd"}
-    | {"lzip", "compress"}
+    | {"lzip", "compress", "tnef"}
 )
-OPEN_ARCHIVES = frozenset({"zip", "gzip", "bzip2", "xz", "tar"})
+OPEN_ARCHIVES = frozenset({"zip", "gzip", "bzip2", "xz", "tar", "tnef"})
 
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_TNEF_MAGIC = b"\x78\x9f\x3e\x22"  # 0x223E9F78 little-endian (MS-OXTNEF 2.1.3.1)
 _LNK_MAGIC = b"L\x00\x00\x00\x01\x14\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00F"
 _MACHO_MAGICS = (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe")
 _ISO_OFFSETS = (0x8001, 0x8801, 0x9001)  # ISO 9660 volume descriptors (ECMA-119 8)
@@ -126,10 +168,10 @@ def sniff(data: bytes) -> str | None:
     archive = _archive_format(data)
     if archive is not None:
         return archive
-    if head.startswith(b"%PDF-") or b"%PDF-" in data[:1024]:
+    if is_pdf(data):
         return "pdf"
-    if head.startswith(b"{\\rtf"):
-        return "rtf"
+    if head.startswith(b"{\\rt"):
+        return "rtf"  # Word opens as RTF whatever follows "{\rt" ("{\rtx", "{\rt0")
     text = _text_start(head)
     if _SHEBANG.match(text):
         return "script"
@@ -174,6 +216,8 @@ def _archive_format(data: bytes) -> str | None:
         return "lzip"
     if head.startswith(b"MSCF\x00\x00\x00\x00"):
         return "cab"
+    if head.startswith(_TNEF_MAGIC):
+        return "tnef"
     if head.startswith(b"\x60\xea"):
         return "arj"
     if re.match(rb"..-l[hz][0-9a-z]-", head, re.DOTALL):
@@ -291,3 +335,96 @@ def member_labels(container: str | None, name: str, data: bytes | None) -> set[s
             path.startswith("scripts/") and not path.endswith("/")
         )
     return {"macro"} if found else set()
+
+
+# ----------------------------------------------------------------------------- active
+
+
+def active_labels(data: bytes) -> set[str]:
+    """Labels of active content in `data` that need no decompression (module doc):
+    "pdf-launch" / "pdf-javascript" from a PDF's own octets, "rtf-object"."""
+    if is_pdf(data):
+        return pdf_labels(data)
+    if data.startswith(b"{\\rt") and rtf_has_object(data):
+        return {"rtf-object"}
+    return set()
+
+
+def is_pdf(data: bytes) -> bool:
+    """A PDF header within the first 1024 octets (where readers accept it)."""
+    return b"%PDF-" in data[:1024]
+
+
+_PDF_DELIMITER = rb"(?=[\x00\t\n\x0c\r ()<>\[\]{}/%]|\Z)"  # ISO 32000-1 7.2.2
+
+
+def pdf_name_regex(names: Iterable[str]) -> bytes:
+    """A regular expression (source) matching the PDF names `names` with their
+    slash, each character as itself or as a "#hh" escape (ISO 32000-1 7.3.5, hex
+    digits in any case), and the name ending there."""
+    alternatives = []
+    for name in sorted(names, key=len, reverse=True):
+        pieces = []
+        for char in name:
+            hexes = "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{ord(char):02x}")
+            pieces.append(f"(?:{re.escape(char)}|#{hexes})")
+        alternatives.append("".join(pieces))
+    return b"/(?:" + "|".join(alternatives).encode("ascii") + b")" + _PDF_DELIMITER
+
+
+_PDF_LAUNCH = re.compile(pdf_name_regex(["Launch"]))
+# /JS only with a value after it (a string, or a reference to a stream), whitespace
+# and comments between: three characters alone turn up by chance in binary streams.
+_PDF_JAVASCRIPT = re.compile(
+    pdf_name_regex(["JavaScript"])
+    + b"|"
+    + pdf_name_regex(["JS"])
+    + rb"(?:[\x00\t\n\x0c\r ]|%[^\r\n]*)*(?:[(<]|[0-9]+[\x00\t\n\x0c\r ]+[0-9]+[\x00\t\n\x0c\r ]+R)"
+)
+
+
+def pdf_labels(data: bytes) -> set[str]:
+    """ "pdf-launch" and "pdf-javascript" for the names found in the PDF octets `data`
+    (a file, or a decoded object stream): module doc."""
+    found = set()
+    if _PDF_LAUNCH.search(data):
+        found.add("pdf-launch")
+    if _PDF_JAVASCRIPT.search(data):
+        found.add("pdf-javascript")
+    return found
+
+
+_RTF_OBJECT_WORDS = (
+    *("object", "objdata", "objupdate", "objemb", "objlink", "objautlink", "objocx"),
+    *("objhtml", "objsub", "objpub", "objicemb"),
+)
+_RTF_OBJECT = re.compile(
+    # A backslash, then one of the words, CR/LF allowed anywhere in it, then no
+    # further letter (`rtf_has_object` checks that the backslash is not escaped).
+    rb"\\[\r\n]*(?:"
+    + b"|".join(
+        b"".join(re.escape(c).encode("ascii") + rb"[\r\n]*" for c in word)
+        for word in sorted(_RTF_OBJECT_WORDS, key=len, reverse=True)
+    )
+    + rb")(?![a-zA-Z])",
+    re.IGNORECASE,
+)
+
+
+def rtf_has_object(data: bytes) -> bool:
+    """An embedded or linked OLE object in the RTF document `data` (module doc)."""
+    for match in _RTF_OBJECT.finditer(data):
+        if _backslashes_before(data, match.start()) % 2 == 0:
+            return True  # (after an odd number it is an escaped backslash: text)
+    return False
+
+
+def _backslashes_before(data: bytes, end: int) -> int:
+    """How many backslashes end `data[:end]` (looked at in growing windows)."""
+    size = 64
+    while True:
+        window = data[max(0, end - size) : end]
+        run = len(window) - len(window.rstrip(b"\\"))
+        if run < len(window) or len(window) == end:
+            return run
+        size *= 4

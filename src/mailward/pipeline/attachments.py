@@ -14,12 +14,23 @@ file is judged by labels, and refused when one of them is in the block list
 - its content gives a `sniff` label ("photo.jpg" that is a PE is an "exe"); an OLE2
   document holding a VBA project is a "macro"; a "#!" script counts when the part is
   a file (named or Content-Disposition: attachment), not as the text of the message;
-- with `inspect_archives`, archives (`archives.walk`: ZIP, tar, gzip, bzip2, xz) are
-  opened and every member judged the same way, recursively; a ZIP that is a JAR, APK
-  or MSIX package is labelled so, and members of Office documents that are macros
-  (vbaProject.bin, Excel 4.0 macro sheets, ActiveX, OpenDocument Basic) label the
-  document "macro". (Without `inspect_archives` only extensions and the first bytes
-  are judged, so OOXML macros are found by extension only.)
+- active content in documents (`sniff.active_labels`, NIST SP 800-45 v2): a PDF with
+  a /Launch action is "pdf-launch" (blocked by default), one with JavaScript
+  (/JavaScript, /JS) "pdf-javascript" (not blocked by default, since many PDF forms
+  use it: add "pdf-javascript" to `block_extensions` to refuse those), an RTF document
+  with an embedded or linked OLE object "rtf-object" (blocked by default); PDF names
+  are found also "#hh"-escaped, and, with `inspect_archives`, in compressed object
+  streams (`archives.pdf_inside`). A text part that is no file is not judged so (it
+  is shown, not opened);
+- with `inspect_archives`, archives (`archives.walk`: ZIP, tar, gzip, bzip2, xz, and
+  TNEF: winmail.dat, each attachment a member) are opened and every member judged the
+  same way, recursively; a ZIP that is a JAR, APK or MSIX package is labelled so, and
+  members of Office documents that are macros (vbaProject.bin, Excel 4.0 macro sheets,
+  ActiveX, OpenDocument Basic) label the document "macro". Files embedded in a PDF
+  are judged like members too (by their /UF and /F names and their content; one that
+  cannot be decoded is uninspectable). (Without `inspect_archives` only extensions,
+  the first bytes and what needs no decompression are judged, so OOXML macros are
+  found by extension only.)
 
 Decisions (first the most severe; reject > quarantine > accept):
 
@@ -30,8 +41,9 @@ Decisions (first the most severe; reject > quarantine > accept):
   method or archive format we do not open: RAR, 7z, CAB, ...; a corrupt archive):
   `uninspectable` "quarantine" (default), "reject" (554 5.7.1) or "accept";
 - bounds (552 5.3.4, always a refusal, the reply naming the rule): archive nesting
-  depth, members and decompressed octets in all the message's archives, compression
-  ratio (`archives.ArchiveLimits`), and MIME structures past the parser's caps
+  depth, members and decompressed octets in all the message's archives (PDF object
+  streams and embedded files count too), compression ratio (`archives.ArchiveLimits`),
+  and MIME structures past the parser's caps
   (`mime.MAX_DEPTH` levels, `mime.MAX_PARTS` parts), which would otherwise hide
   parts from this check.
 
@@ -53,9 +65,17 @@ from mailward.message.archives import (
     Budget,
     Entry,
     archive_format,
+    pdf_inside,
     walk,
 )
-from mailward.message.sniff import BLOCKED_BY_DEFAULT, member_labels, ole_has_macros, sniff
+from mailward.message.sniff import (
+    BLOCKED_BY_DEFAULT,
+    active_labels,
+    is_pdf,
+    member_labels,
+    ole_has_macros,
+    sniff,
+)
 from mailward.message.text_extract import Leaf, MimeLimitExceeded, extension, leaves
 from mailward.pipeline.content import MessageView
 from mailward.pipeline.types import ACCEPT, CheckResult, Decision, SessionInfo, reject
@@ -222,12 +242,13 @@ class AttachmentPolicy:
                 name = match[1].decode("utf-8", "replace")
                 yield from self._names((name,), (*path, name))
         yield from self._names(names, path)
-        yield from self._content(leaf.content, path, is_file=leaf.attachment)
+        text = leaf.content_type.startswith("text/") and not leaf.attachment
+        yield from self._content(leaf.content, path, budget, 1, is_file=leaf.attachment, text=text)
         if self._inspect_archives and archive_format(leaf.content) is not None:
             for entry in walk(leaf.content, path, budget):
-                yield from self._entry(entry)
+                yield from self._entry(entry, budget)
 
-    def _entry(self, entry: Entry) -> Iterator[Finding]:
+    def _entry(self, entry: Entry, budget: Budget) -> Iterator[Finding]:
         container = entry.path[:-1]
         if entry.container in self.blocked:  # a JAR, APK or MSIX package
             yield Finding("blocked", entry.container or "", container)
@@ -239,7 +260,8 @@ class AttachmentPolicy:
             if label in self.blocked:
                 yield Finding("blocked", label, container)
         if entry.data is not None:
-            for finding in self._content(entry.data, entry.path, is_file=True):
+            depth = entry.depth + 1  # of what is inside it
+            for finding in self._content(entry.data, entry.path, budget, depth, is_file=True):
                 if finding.label == "macro" and entry.container in ("ooxml", "odf"):
                     finding = Finding("blocked", "macro", container)  # the document's
                 yield finding
@@ -251,8 +273,17 @@ class AttachmentPolicy:
                     yield Finding("blocked", ext, path, "name")
 
     def _content(
-        self, content: bytes, path: tuple[str, ...], *, is_file: bool
+        self,
+        content: bytes,
+        path: tuple[str, ...],
+        budget: Budget,
+        depth: int,
+        *,
+        is_file: bool,
+        text: bool = False,
     ) -> Iterator[Finding]:
+        """Findings on a file's content; `depth` is that of the files inside it (a
+        PDF's embedded files); `text`: a text part shown as the message's text."""
         label = sniff(content)
         if label == "ole" and ole_has_macros(content):
             label = "macro"
@@ -260,6 +291,28 @@ class AttachmentPolicy:
             return  # the text of the message, which starts with "#!": shown, not run
         if label is not None and label in self.blocked:
             yield Finding("blocked", label, path)
+        if text:
+            return  # a text part is shown as text, not opened as a PDF or RTF
+        for active in sorted(active_labels(content)):
+            if active in self.blocked:
+                yield Finding("blocked", active, path)
+        if self._inspect_archives and is_pdf(content):
+            yield from self._pdf(content, path, budget, depth)
+
+    def _pdf(
+        self, content: bytes, path: tuple[str, ...], budget: Budget, depth: int
+    ) -> Iterator[Finding]:
+        """A PDF's object streams and embedded files (`archives.pdf_inside`), the
+        files judged like archive members, archives among them opened."""
+        inside = pdf_inside(content, path, budget, depth=depth)
+        for active in sorted(inside.labels):
+            if active in self.blocked:
+                yield Finding("blocked", active, path)
+        for entry in inside.files:
+            yield from self._entry(entry, budget)
+            if entry.data is not None and archive_format(entry.data) is not None:
+                for inner in walk(entry.data, entry.path, budget, depth=entry.depth + 1):
+                    yield from self._entry(inner, budget)
 
 
 def _normalise(ext: str) -> str:
