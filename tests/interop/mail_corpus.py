@@ -439,11 +439,12 @@ def server_snapshot(srv: RunningServer) -> dict[str, dict[int, Held]]:
         client.logout()
 
 
-# mailward's trace block: Return-Path, the Authentication-Results of its MX checks,
-# then its Received (each possibly folded).
+# mailward's trace block: Return-Path, the Authentication-Results and X-Spam fields of
+# its MX checks, then its Received (each possibly folded).
 TRACE = re.compile(
     rb"\AReturn-Path: <[^>\r\n]*>\r\n"
     rb"(?:Authentication-Results: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)?"
+    rb"(?:X-Spam-(?:Score|Status|Flag): [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*"
     rb"Received: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*"
 )
 
