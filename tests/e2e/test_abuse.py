@@ -134,6 +134,9 @@ def test_early_talker_is_refused(guarded: RunningServer) -> None:
 def test_patient_client_gets_the_full_greeting_and_delivers(guarded: RunningServer) -> None:
     with RawFrom(guarded.host, guarded.smtp_port, "127.60.0.2") as s:
         assert greeted(s) == b"220-localhost ESMTP\r\n220 localhost ESMTP\r\n"
+    # Having waited once, the client is not paused again (abuse.greeting_pass_ttl).
+    with RawFrom(guarded.host, guarded.smtp_port, "127.60.0.2") as s:
+        assert greeted(s) == b"220 localhost ESMTP\r\n"
     sent = message("someone@remote.test", BOB, "patient")
     with smtplib.SMTP(guarded.host, guarded.smtp_port, timeout=TIMEOUT) as smtp:
         assert smtp.sendmail("someone@remote.test", [BOB], sent) == {}

@@ -17,7 +17,7 @@ from mailward.config.schema import AbuseConfig, Config, LimitsConfig, ListenConf
 from mailward.logs import EventLog
 from mailward.net.abuse import ConnectionGuard, RateLimiter
 from mailward.net.listener import ListenerSpec, MailService
-from mailward.net.pacing import InputRate, Tarpit, early_input
+from mailward.net.pacing import GreetingPasses, InputRate, Tarpit, early_input
 from mailward.pipeline.abuse import ProbeTracker
 from mailward.pipeline.types import SessionInfo
 
@@ -96,6 +96,23 @@ def test_tarpit_grows_per_error_and_is_capped() -> None:
     tarpit = Tarpit(0.5, 2.0)
     assert [tarpit.error() for _ in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
     assert tarpit.errors == 6
+
+
+def test_greeting_passes_expire_and_are_bounded() -> None:
+    now = [1000.0]
+    passes = GreetingPasses(60.0, limit=2, clock=lambda: now[0])
+    assert not passes.fresh("192.0.2.1")
+    passes.remember("192.0.2.1")
+    assert passes.fresh("192.0.2.1")
+    now[0] += 61
+    assert not passes.fresh("192.0.2.1")  # expired
+    for ip in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        passes.remember(ip)
+    assert not passes.fresh("192.0.2.1")  # the oldest was forgotten
+    assert passes.fresh("192.0.2.2") and passes.fresh("192.0.2.3")
+    never = GreetingPasses(0.0, clock=lambda: now[0])
+    never.remember("192.0.2.1")
+    assert not never.fresh("192.0.2.1")
 
 
 def test_input_rate_deadline() -> None:

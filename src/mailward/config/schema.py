@@ -316,6 +316,10 @@ class AbuseConfig:
         default=1.0,
         metadata=doc("MX only: pause after '220-'; a client talking before '220 ' is refused"),
     )
+    greeting_pass_ttl: float = field(
+        default=86400.0,
+        metadata=doc("Seconds a client that waited for the greeting is not paused again; 0: never"),
+    )
     hello_timeout: float = field(
         default=60.0, metadata=doc("Seconds from connect until HELO/EHLO must have been sent")
     )

@@ -5,7 +5,9 @@
   `abuse.greeting_delay` seconds, then sends the final "220 " line. RFC 5321 4.3.1
   says the client waits for the greeting; spambots that talk first are answered
   554 5.7.1 and disconnected. With no pause the single "220 " line is sent, and input
-  that arrived before it is still caught (`early_input`).
+  that arrived before it is still caught (`early_input`). A client that waited is
+  remembered (`GreetingPasses`, postscreen's greet TTL) and not paused again for
+  `abuse.greeting_pass_ttl` seconds, so a sender that delivers often pays once.
 - Tarpit: every error reply (5xx to a command, an unknown recipient...) is held back
   `tarpit_step` seconds times the session's error count, at most `tarpit_max` each;
   the bad-command limit (`limits.bad_commands`) bounds the number of errors, so a
@@ -22,6 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+MAX_GREETING_PASSES = 100_000
 
 
 class Tarpit:
@@ -36,6 +43,40 @@ class Tarpit:
         """Count one error; returns how long its reply is held back."""
         self.errors += 1
         return min(self.maximum, self.step * self.errors)
+
+
+class GreetingPasses:
+    """Client addresses that waited for the greeting, each for `ttl` seconds; at most
+    `limit` are kept (the oldest pass is forgotten first)."""
+
+    def __init__(
+        self,
+        ttl: float,
+        *,
+        limit: int = MAX_GREETING_PASSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._clock = clock
+        self._passed: OrderedDict[str, float] = OrderedDict()
+
+    def fresh(self, ip: str) -> bool:
+        until = self._passed.get(ip)
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._passed[ip]
+            return False
+        return True
+
+    def remember(self, ip: str) -> None:
+        if self.ttl <= 0:
+            return
+        self._passed.pop(ip, None)
+        self._passed[ip] = self._clock() + self.ttl
+        while len(self._passed) > self.limit:
+            self._passed.popitem(last=False)
 
 
 class InputRate:

@@ -35,7 +35,7 @@ from mailward.auth import Authenticator
 from mailward.config.schema import Config
 from mailward.logs import EventLog
 from mailward.net.listener import ListenerSpec, SessionFactory
-from mailward.net.pacing import InputRate, Tarpit, early_input
+from mailward.net.pacing import GreetingPasses, InputRate, Tarpit, early_input
 from mailward.net.starttls import note_tls, start_tls
 from mailward.pipeline.runner import Pipeline
 from mailward.pipeline.trace import trace_headers
@@ -86,6 +86,7 @@ class SmtpServices:
     tls_handshake_timeout: float
     # Abuse limits (net.pacing); the defaults here turn each one off.
     greeting_delay: float | None = None  # MX pause before the final "220 " line
+    greeting_passes: GreetingPasses | None = None  # clients that waited recently
     hello_timeout: float = 0.0  # seconds from connect until HELO/EHLO
     tarpit_step: float = 0.0
     tarpit_max: float = 0.0
@@ -190,6 +191,9 @@ class SmtpSession:
         if delay is None or self.info.listener != "mx" or self.info.trusted_network:
             return
         greeting = self.core.data_to_send()  # the core's single "220 <host> ESMTP" line
+        passes = self.svc.greeting_passes
+        if passes is not None and passes.fresh(self.info.peer_ip):
+            delay = 0.0  # waited recently: no pause, early input is still caught
         if delay > 0:
             self.writer.write(b"220-" + greeting[4:])
             await self.writer.drain()
@@ -204,6 +208,8 @@ class SmtpSession:
             )
             self.core.close(EARLY_TALKER)
             return
+        if delay > 0 and passes is not None and early is None:
+            passes.remember(self.info.peer_ip)
         self.writer.write(greeting)
         if early == b"":
             self.core.receive_eof()
@@ -536,6 +542,7 @@ def smtp_services(
         data_total_timeout=timeouts.data_total,
         tls_handshake_timeout=timeouts.tls_handshake,
         greeting_delay=abuse.greeting_delay,
+        greeting_passes=GreetingPasses(abuse.greeting_pass_ttl),
         hello_timeout=abuse.hello_timeout,
         tarpit_step=abuse.tarpit_step,
         tarpit_max=abuse.tarpit_max,
