@@ -25,7 +25,8 @@ Each message goes through `Pipeline.mail_from`, `rcpt_to` and `end_of_data` exac
 else a spool file), from --concurrency concurrent senders, after an unmeasured
 warm-up of 20 other messages.
 
-Corpus (deterministic, --seed): ham from sender.test, DKIM-signed (text;
+Corpus (deterministic, --seed; `mailward.testing.gateway_corpus` with its `BENCH_MIX`,
+shared with tests/e2e/test_gateway_corpus.py): ham from sender.test, DKIM-signed (text;
 text+HTML alternative; with a PDF, zip or docx attachment up to 1 MB), spam-like
 HTML-only mail with link shorteners and capital subjects (from 127.0.0.2, listed, and
 from 127.0.0.1, not listed), a few GTUBE and EICAR (made at run time) messages and
@@ -55,24 +56,18 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
-import io
 import json
-import math
 import multiprocessing
 import os
-import random
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -84,7 +79,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from mailward.app import content_checks, open_store
 from mailward.config.load import load_config
 from mailward.config.schema import CONFIG_FILE, Config
-from mailward.crypto.dkim import DkimKey, dns_records, generate_domain_keys
+from mailward.crypto.dkim import DkimKey
 from mailward.logs import EventLog
 from mailward.net.smtp_server import MessageSpool
 from mailward.pipeline.content import ContentCheck, MessageView
@@ -94,51 +89,27 @@ from mailward.pipeline.trace import trace_headers
 from mailward.pipeline.types import CheckResult, SessionInfo
 from mailward.proto.smtp_events import MailFrom, RcptTo
 from mailward.resolver import DnsResolver
-from mailward.spam.rules import GTUBE
 from mailward.store.api import Delivery, DeliveryReceipt, MailStore
-from mailward.testing.clamd import ClamdHarnessError, TestClamd, clamd_available, eicar
+from mailward.testing.clamd import ClamdHarnessError, TestClamd, clamd_available
+from mailward.testing.gateway_corpus import (
+    BENCH_MIX,
+    DNSBL,
+    CorpusMaker,
+    CorpusMessage,
+    build_corpus,
+    dns_data,
+    sender_keys,
+)
 
 DOMAIN = "example.test"
 RECIPIENT = f"bench@{DOMAIN}"
 HOSTNAME = "localhost"
-SENDER_DOMAIN = "sender.test"  # SPF, DKIM, DMARC p=reject
-SPAM_DOMAIN = "promo.test"  # no SPF, no DMARC
-SPOOF_DOMAIN = "spoofer.test"
-DNSBL = "bl.test"
-CLEAN_IP = "127.0.0.1"
-LISTED_IP = "127.0.0.2"  # RFC 5782 5: every list's test entry
 SPOOL_CHUNK = 64 * 1024  # what one read of the SMTP session hands the spool
 WARMUP = 20
 CHECK_KEYS = ("auth", "attachments", "malware", "dlp", "spam", "store")
 
 # Share of the corpus per kind (the rest is ham_text).
-MIX = {
-    "ham_alt": 0.25,
-    "ham_attach": 0.20,
-    "spam_listed": 0.12,
-    "spam_unlisted": 0.05,
-    "eicar": 0.03,
-    "gtube": 0.02,
-    "spoof": 0.03,
-}
-
-_WORD_TEXT = (
-    "the meeting report quarter budget project team review please attached find update "
-    "schedule thanks regards customer invoice order shipment delivery office agenda notes "
-    "draft version final minutes call tomorrow week month plan results sales figures "
-    "design proposal contract client support ticket issue release service server data "
-    "summary question answer follow up next steps deadline friday monday lunch travel "
-    "hotel flight conference slides feedback comments changes approved signed payment "
-    "account statement balance training course workshop room booking calendar invite"
-)
-WORDS = tuple(_WORD_TEXT.split())
-_SPAM_TEXT = (
-    "free winner cash prize offer limited exclusive deal click now claim bonus discount "
-    "guaranteed urgent act today lowest price viagra casino loan credit unsecured income "
-    "work from home earn money fast risk free no obligation congratulations selected"
-)
-SPAM_WORDS = tuple(_SPAM_TEXT.split())
-SHORTENERS = ("bit.ly", "tinyurl.com", "t.co", "is.gd", "cutt.ly", "rb.gy")
+MIX = BENCH_MIX
 
 
 class BenchError(RuntimeError):
@@ -146,95 +117,6 @@ class BenchError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- corpus
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    kind: str
-    sender: str  # MAIL FROM
-    helo: str
-    peer_ip: str
-    data: bytes  # as the client sends it (CRLF, no trace fields)
-
-
-def _log_uniform(rng: random.Random, lo: int, hi: int) -> int:
-    return int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-
-
-def _text(rng: random.Random, size: int, words: Sequence[str] = WORDS) -> str:
-    lines: list[str] = []
-    total = 0
-    while total < size:
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(6, 11)))
-        line = line[0].upper() + line[1:] + "."
-        lines.append(line)
-        total += len(line) + 2
-        if rng.random() < 0.15:
-            lines.append("")
-    return "\r\n".join(lines) + "\r\n"
-
-
-def _html(rng: random.Random, text: str, links: Sequence[str]) -> str:
-    paragraphs = [p for p in text.split("\r\n") if p]
-    out = ["<html><body>"]
-    for i, p in enumerate(paragraphs):
-        if links and i % 4 == 0:
-            p += f' <a href="{rng.choice(links)}">more</a>'
-        out.append(f"<p>{p}</p>")
-    out.append("</body></html>")
-    return "\r\n".join(out) + "\r\n"
-
-
-def _b64(data: bytes) -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    return "\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + "\r\n"
-
-
-def _pdf(rng: random.Random, size: int) -> bytes:
-    # A PDF-shaped file: header, a (random, incompressible) stream object, trailer.
-    stream = rng.randbytes(max(0, size - 200))
-    head = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n"
-    head += f"<< /Length {len(stream)} /Filter /FlateDecode >>\nstream\n".encode()
-    return head + stream + b"\nendstream\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n"
-
-
-def _zip(rng: random.Random, size: int) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr(zipfile.ZipInfo("report.txt", (2024, 1, 1, 0, 0, 0)), _text(rng, size // 2))
-        z.writestr(zipfile.ZipInfo("data.csv", (2024, 1, 1, 0, 0, 0)), rng.randbytes(size // 2))
-    return buf.getvalue()
-
-
-def _docx(rng: random.Random, size: int) -> bytes:
-    body = "".join(
-        f"<w:p><w:r><w:t>{line}</w:t></w:r></w:p>" for line in _text(rng, size // 2).split("\r\n")
-    )
-    parts = {
-        "[Content_Types].xml": (
-            '<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats'
-            '.org/package/2006/content-types"><Default Extension="xml" ContentType="application'
-            '/xml"/><Override PartName="/word/document.xml" ContentType="application/vnd.openxml'
-            'formats-officedocument.wordprocessingml.document.main+xml"/></Types>'
-        ),
-        "_rels/.rels": (
-            '<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxml'
-            'formats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://'
-            'schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
-            'Target="word/document.xml"/></Relationships>'
-        ),
-        "word/document.xml": (
-            '<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w="http://schemas.'
-            'openxmlformats.org/wordprocessingml/2006/main"><w:body>'
-            f"{body}</w:body></w:document>"
-        ),
-        "docProps/thumbnail.jpeg": rng.randbytes(size // 3),  # incompressible, like images
-    }
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, content in parts.items():
-            z.writestr(zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0)), content)
-    return buf.getvalue()
 
 
 def _signer(key: DkimKey) -> Callable[[bytes], bytes]:
@@ -272,193 +154,24 @@ def _signer(key: DkimKey) -> Callable[[bytes], bytes]:
     return sign
 
 
-class CorpusMaker:
-    def __init__(self, seed: int, keys: list[DkimKey]) -> None:
-        self.rng = random.Random(seed)
-        self.signers = [_signer(k) for k in keys]
-        self.now = time.time()
-        self.serial = 0
-
-    def _head(self, from_: str, subject: str, domain: str, extra: str = "") -> str:
-        self.serial += 1
-        # within the last two days (no DATE_IN_PAST / DATE_IN_FUTURE)
-        when = format_datetime(
-            datetime.fromtimestamp(self.now - self.rng.uniform(60, 2 * 86400), UTC)
-        )
-        return (
-            f"From: {from_}\r\nTo: Bench <{RECIPIENT}>\r\nSubject: {subject}\r\n"
-            f"Date: {when}\r\nMessage-ID: <{self.serial}.{self.rng.getrandbits(48):x}@{domain}>"
-            f"\r\nMIME-Version: 1.0\r\n{extra}"
-        )
-
-    def _sign(self, message: bytes) -> bytes:
-        return b"".join(sign(message) for sign in self.signers) + message
-
-    def _subject(self) -> str:
-        return " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(3, 7))).capitalize()
-
-    def ham(self, kind: str) -> Sample:
-        rng = self.rng
-        name = rng.choice(("Ann", "Bob", "Carol", "Dave", "Erin"))
-        from_ = f"{name} <{name.lower()}@{SENDER_DOMAIN}>"
-        links = [f"https://www.{SENDER_DOMAIN}/docs/{rng.randint(1, 999)}" for _ in range(3)]
-        if kind == "ham_text":
-            head = self._head(from_, self._subject(), SENDER_DOMAIN)
-            body = _text(rng, _log_uniform(rng, 2000, 12_000))
-            msg = head + 'Content-Type: text/plain; charset="us-ascii"\r\n\r\n' + body
-        elif kind == "ham_alt":
-            text = _text(rng, _log_uniform(rng, 1500, 20_000))
-            msg = self._head(from_, self._subject(), SENDER_DOMAIN) + _multipart(
-                "alternative",
-                [("text/plain", None, text), ("text/html", None, _html(rng, text, links))],
-            )
-        else:
-            size = _log_uniform(rng, 15_000, 720_000)  # ~1 MB message at most, base64
-            which = rng.choice(("pdf", "zip", "docx"))
-            blob = {"pdf": _pdf, "zip": _zip, "docx": _docx}[which](rng, size)
-            ctype = {
-                "pdf": "application/pdf",
-                "zip": "application/zip",
-                "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-            }[which]
-            text = _text(rng, _log_uniform(rng, 500, 4000))
-            inner = _multipart(
-                "alternative",
-                [("text/plain", None, text), ("text/html", None, _html(rng, text, links))],
-            )
-            msg = self._head(from_, self._subject(), SENDER_DOMAIN) + _multipart(
-                "mixed",
-                [("multipart", None, inner), (ctype, f"document-{self.serial}.{which}", blob)],
-            )
-        return Sample(
-            kind,
-            f"bounce+{self.serial}@{SENDER_DOMAIN}",
-            f"mail.{SENDER_DOMAIN}",
-            CLEAN_IP,
-            self._sign(msg.encode("ascii")),
-        )
-
-    def spam(self, kind: str) -> Sample:
-        rng = self.rng
-        subject = " ".join(rng.choice(SPAM_WORDS) for _ in range(rng.randint(3, 6)))
-        if rng.random() < 0.5:
-            subject = subject.upper() + "!!!"
-        links = [f"https://{rng.choice(SHORTENERS)}/{rng.getrandbits(30):x}" for _ in range(3)]
-        text = _text(rng, _log_uniform(rng, 2000, 15_000), SPAM_WORDS)
-        extra = 'Content-Type: text/html; charset="us-ascii"\r\n\r\n'
-        head = self._head(f"Deals <offers@{SPAM_DOMAIN}>", subject, SPAM_DOMAIN, extra)
-        msg = head + _html(rng, text, links)
-        ip = LISTED_IP if kind == "spam_listed" else CLEAN_IP
-        helo = f"mx.{SPAM_DOMAIN}" if ip == LISTED_IP else f"mail.{SPAM_DOMAIN}"
-        return Sample(kind, f"offers@{SPAM_DOMAIN}", helo, ip, msg.encode("ascii"))
-
-    def gtube(self) -> Sample:
-        rng = self.rng
-        body = _text(rng, 1500) + GTUBE.decode("ascii") + "\r\n" + _text(rng, 1000)
-        head = self._head(f"Tester <test@{SPAM_DOMAIN}>", self._subject(), SPAM_DOMAIN)
-        msg = head + 'Content-Type: text/plain; charset="us-ascii"\r\n\r\n' + body
-        return Sample("gtube", f"test@{SPAM_DOMAIN}", f"mail.{SPAM_DOMAIN}", CLEAN_IP, msg.encode())
-
-    def eicar(self) -> Sample:
-        rng = self.rng
-        virus = eicar()
-        if rng.random() < 0.5:
-            name, ctype, blob = "readme.txt", "text/plain", virus + b"\r\n"
-        else:
-            buf = io.BytesIO()
-            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-                z.writestr(zipfile.ZipInfo("readme.txt", (2024, 1, 1, 0, 0, 0)), virus)
-                z.writestr(zipfile.ZipInfo("notes.txt", (2024, 1, 1, 0, 0, 0)), _text(rng, 2000))
-            name, ctype, blob = "invoice.zip", "application/zip", buf.getvalue()
-        text = _text(rng, _log_uniform(rng, 2000, 60_000))
-        msg = self._head(f"Ann <ann@{SENDER_DOMAIN}>", self._subject(), SENDER_DOMAIN) + _multipart(
-            "mixed", [("text/plain", None, text), (ctype, name, blob)]
-        )
-        return Sample(
-            "eicar",
-            f"bounce+{self.serial}@{SENDER_DOMAIN}",
-            f"mail.{SENDER_DOMAIN}",
-            CLEAN_IP,
-            self._sign(msg.encode("ascii")),
-        )
-
-    def spoof(self) -> Sample:
-        rng = self.rng
-        head = self._head(f"CEO <ceo@{SENDER_DOMAIN}>", "Urgent wire transfer", SPOOF_DOMAIN)
-        msg = head + 'Content-Type: text/plain; charset="us-ascii"\r\n\r\n' + _text(rng, 1800)
-        return Sample("spoof", f"x@{SPOOF_DOMAIN}", f"mail.{SPOOF_DOMAIN}", CLEAN_IP, msg.encode())
-
-    def make(self, kind: str) -> Sample:
-        if kind.startswith("ham"):
-            return self.ham(kind)
-        if kind.startswith("spam"):
-            return self.spam(kind)
-        return {"gtube": self.gtube, "eicar": self.eicar, "spoof": self.spoof}[kind]()
+def fast_signer(keys: list[DkimKey]) -> Callable[[bytes], bytes]:
+    """The DKIM-Signature fields of every key, as `gateway_corpus.dkim_signer` makes
+    them, with each private key loaded once."""
+    signers = [_signer(k) for k in keys]
+    return lambda message: b"".join(sign(message) for sign in signers)
 
 
-def _multipart(subtype: str, parts: Sequence[tuple[str, str | None, str | bytes]]) -> str:
-    """Its Content-Type field, a blank line, the multipart body. Parts: (content type,
-    attachment file name or None, text or bytes); "multipart" parts are inserted as
-    they are (a nested `_multipart`, which starts with its own Content-Type field)."""
-    boundary = f"=_bench_{subtype}_boundary="
-    out = [f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n']
-    for ctype, filename, content in parts:
-        out.append(f"--{boundary}\r\n")
-        if ctype == "multipart":
-            assert isinstance(content, str)
-            out.append(content)
-            continue
-        if filename is None:
-            assert isinstance(content, str)
-            out.append(f'Content-Type: {ctype}; charset="us-ascii"\r\n\r\n{content}')
-        else:
-            data = content.encode() if isinstance(content, str) else content
-            out.append(
-                f'Content-Type: {ctype}; name="{filename}"\r\n'
-                f'Content-Disposition: attachment; filename="{filename}"\r\n'
-                f"Content-Transfer-Encoding: base64\r\n\r\n{_b64(data)}"
-            )
-    out.append(f"--{boundary}--\r\n")
-    return "".join(out)
+def make_corpus(n: int, seed: int, keys: list[DkimKey]) -> list[CorpusMessage]:
+    return build_corpus(seed, n, keys, recipients=[RECIPIENT], mix=MIX, sign=fast_signer(keys))
 
 
-def make_corpus(n: int, seed: int, keys: list[DkimKey]) -> list[Sample]:
-    counts = {kind: round(n * share) for kind, share in MIX.items()}
-    counts["ham_text"] = n - sum(counts.values())
-    kinds = [kind for kind, count in counts.items() for _ in range(count)]
-    random.Random(seed).shuffle(kinds)
-    maker = CorpusMaker(seed, keys)
-    return [maker.make(kind) for kind in kinds]
-
-
-def training_corpus(seed: int, keys: list[DkimKey], each: int) -> list[tuple[Sample, bool]]:
-    maker = CorpusMaker(seed + 7919, keys)
+def training_corpus(seed: int, keys: list[DkimKey], each: int) -> list[tuple[CorpusMessage, bool]]:
+    maker = CorpusMaker(seed + 7919, keys, recipients=[RECIPIENT], sign=fast_signer(keys))
     out = [(maker.make(("ham_text", "ham_alt")[i % 2]), False) for i in range(each)]
     return out + [(maker.make("spam_unlisted"), True) for _ in range(each)]
 
 
 # --------------------------------------------------------------------------- DNS
-
-
-def dns_data(keys: list[DkimKey]) -> tuple[list[str], list[tuple[str, str, str]]]:
-    records = [
-        (name, rtype, value)
-        for name, rtype, value in dns_records(SENDER_DOMAIN, f"mail.{SENDER_DOMAIN}", keys)
-        if not (rtype == "TXT" and (name == SENDER_DOMAIN or name.startswith("_dmarc.")))
-    ]
-    records += [
-        (SENDER_DOMAIN, "TXT", "v=spf1 ip4:127.0.0.0/8 -all"),
-        (f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject"),
-        (f"mail.{SENDER_DOMAIN}", "A", CLEAN_IP),
-        ("1.0.0.127.in-addr.arpa", "PTR", f"mail.{SENDER_DOMAIN}."),
-        (f"mx.{SPAM_DOMAIN}", "A", LISTED_IP),
-        ("2.0.0.127.in-addr.arpa", "PTR", f"mx.{SPAM_DOMAIN}."),
-        (f"mail.{SPAM_DOMAIN}", "A", "192.0.2.77"),
-        (f"2.0.0.127.{DNSBL}", "A", "127.0.0.2"),
-        (f"2.0.0.127.{DNSBL}", "TXT", "listed for the benchmark"),
-    ]
-    zones = [SENDER_DOMAIN, SPAM_DOMAIN, SPOOF_DOMAIN, DNSBL, "0.0.127.in-addr.arpa"]
-    return zones, records
 
 
 def _dns_child(conn: Connection, zones: list[str], records: list[tuple[str, str, str]]) -> None:
@@ -670,10 +383,10 @@ def build_pipeline(
 
 
 async def transaction(
-    pipeline: Pipeline, store: MailStore, sample: Sample, session_id: str
+    pipeline: Pipeline, store: MailStore, sample: CorpusMessage, session_id: str
 ) -> tuple[int, float]:
     """MAIL, RCPT, DATA into a spool, end_of_data; (reply code, end_of_data seconds)."""
-    session = SessionInfo("mx", sample.peer_ip, 40000, session_id, helo=sample.helo)
+    session = SessionInfo("mx", sample.source_ip, 40000, session_id, helo=sample.helo)
     mail = MailFrom(sample.sender, {}, None, False, None)
     reply, envelope = await pipeline.mail_from(session, mail)
     if envelope is None:
@@ -699,7 +412,7 @@ async def transaction(
 async def drive(
     pipeline: Pipeline,
     store: MailStore,
-    corpus: list[Sample],
+    corpus: list[CorpusMessage],
     concurrency: int,
     tag: str,
     *,
@@ -743,8 +456,8 @@ async def one_run(
     root: Path,
     dns: DnsProcess,
     clamd_pid: int | None,
-    corpus: list[Sample],
-    warm: list[Sample],
+    corpus: list[CorpusMessage],
+    warm: list[CorpusMessage],
 ) -> dict[str, Any]:
     data_dir = root / f"run-{run.name}"
     shutil.copytree(template, data_dir, symlinks=True)
@@ -878,7 +591,7 @@ def run_all(args: argparse.Namespace, runs: list[RunConfig]) -> list[dict[str, A
     ):
         root = Path(tmp)
         t0 = time.perf_counter()
-        keys = generate_domain_keys(root / "sender-keys", SENDER_DOMAIN, selector_date="202401")
+        keys = sender_keys(root / "sender-keys")
         corpus = make_corpus(args.messages, args.seed, keys)
         # Other messages for the unmeasured warm-up (nothing scanned twice).
         warm = make_corpus(WARMUP, args.seed + 1_000_003, keys)
