@@ -80,6 +80,29 @@ def test_failures_slow_down_then_lock_out_even_the_right_password(tmp_path: Path
     run_scenario(tmp_path, scenario)
 
 
+def test_a_guesser_cannot_lock_the_owner_out_of_a_network_they_use(tmp_path: Path) -> None:
+    async def scenario(auth, fake, out):  # type: ignore[no-untyped-def]
+        assert (await login(auth, "alice@example.test", GOOD, ip="198.51.100.7")).ok
+        # Someone elsewhere guesses until the account is locked...
+        for i in range(4):
+            guess = await login(auth, "alice@example.test", f"wrong-{i}", ip=f"203.0.113.{i}")
+            assert not guess.ok
+        stranger = await login(auth, "alice@example.test", GOOD, ip="192.0.2.50")
+        assert stranger.locked_out  # ...so from any other network it is locked,
+        # but Alice, from the network she logged in from before, gets in.
+        assert (await login(auth, "alice@example.test", GOOD, ip="198.51.100.8")).ok
+        # Her own client's failures still lock that client.
+        for i in range(4):
+            await login(auth, "alice@example.test", f"typo-{i}", ip="198.51.100.8")
+        assert (await login(auth, "alice@example.test", GOOD, ip="198.51.100.8")).locked_out
+        fake.now += 30 * 86400 + 61  # the memory of her network expires
+        for i in range(4):
+            await login(auth, "alice@example.test", f"wrong-{i}", ip=f"203.0.113.{i}")
+        assert (await login(auth, "alice@example.test", GOOD, ip="198.51.100.9")).locked_out
+
+    run_scenario(tmp_path, scenario)
+
+
 def test_lockout_per_ip_covers_other_accounts(tmp_path: Path) -> None:
     async def scenario(auth, fake, out):  # type: ignore[no-untyped-def]
         for i in range(4):

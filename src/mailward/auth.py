@@ -16,6 +16,12 @@ share a narrow lane (`suspect_verifies` at a time), so the other hash workers st
 for everyone else. The lockout's start is logged as
 `auth.lockout`, every attempt refused by it as `auth.locked_out`.
 
+A lockout per account lets anyone who knows an address lock its owner out. So the
+networks an account has logged in from are remembered (`KnownNetworks`, for
+`known_network_seconds`, in memory): from those, the account's own failure count does
+not lock (the client's and the network's still do). A guesser elsewhere still finds
+the account locked; its owner, at home or at work, does not.
+
 The clock and the sleep are injected so tests run in milliseconds.
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -42,6 +49,40 @@ class AuthPolicy:
     net_lockout_failures: int = 0  # failures per /24 or /64 before a lockout; 0: none
     suspect_verifies: int = 1  # concurrent verifications for clients with failures
     verifies_per_net: int = 1  # concurrent verifications (and lookups) per /24 or /64
+    known_network_seconds: float = 30 * 86400.0  # an account's login networks, remembered
+
+
+MAX_KNOWN_NETWORKS = 100_000
+
+
+class KnownNetworks:
+    """(account, network) pairs that logged in successfully, each for `ttl` seconds;
+    at most `limit` are kept (the oldest is forgotten first)."""
+
+    def __init__(
+        self, ttl: float, clock: Callable[[], float], limit: int = MAX_KNOWN_NETWORKS
+    ) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._limit = limit
+        self._until: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def known(self, user_key: str, net_key: str) -> bool:
+        until = self._until.get((user_key, net_key))
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._until[(user_key, net_key)]
+            return False
+        return True
+
+    def remember(self, user_key: str, net_key: str) -> None:
+        if self._ttl <= 0:
+            return
+        self._until.pop((user_key, net_key), None)
+        self._until[(user_key, net_key)] = self._clock() + self._ttl
+        while len(self._until) > self._limit:
+            self._until.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +169,14 @@ class Authenticator:
         self._sleep = sleep
         self._suspects = asyncio.Semaphore(max(1, policy.suspect_verifies))
         self._net_lanes = Lanes(max(1, policy.verifies_per_net))
+        self._known = KnownNetworks(policy.known_network_seconds, clock)
 
     def _counts(self, ip_key: str, user_key: str, net_key: str) -> tuple[int, int]:
-        """(failures of this client or account, failures of its network), right now."""
-        client = max(self._tracker.count(ip_key), self._tracker.count(user_key))
+        """(failures of this client or account, failures of its network), right now;
+        the account's failures do not count from a network it logged in from."""
+        client = self._tracker.count(ip_key)
+        if not self._known.known(user_key, net_key):
+            client = max(client, self._tracker.count(user_key))
         return client, self._tracker.count(net_key)
 
     def _locked(self, failures: int, net_failures: int) -> bool:
@@ -170,6 +215,7 @@ class Authenticator:
             return AuthOutcome(None, locked_out=True)
         if valid and account is not None:
             self._tracker.clear(user_key)
+            self._known.remember(user_key, net_key)
             self._log.info("auth.success", **fields)
             return AuthOutcome(account)
         before, net_before = self._counts(ip_key, user_key, net_key)
