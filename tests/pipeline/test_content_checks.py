@@ -178,3 +178,58 @@ def test_quarantine_delete_and_unknown_ids(data_dir: Path) -> None:
     assert rc == 0
     assert cli("quarantine", "delete", "1", "--data", str(data_dir))[0] == 2
     assert cli("quarantine", "show", "abc", "--data", str(data_dir))[0] == 2
+
+
+class Crowd:
+    """A content check that counts how many messages it is looking at at once."""
+
+    name = "crowd"
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.most = 0
+
+    def applies(self, session: SessionInfo) -> bool:
+        return True
+
+    async def check(self, message: MessageView) -> CheckResult:
+        self.active += 1
+        self.most = max(self.most, self.active)
+        await asyncio.sleep(0.05)
+        self.active -= 1
+        return ACCEPT
+
+
+@pytest.mark.parametrize(("size", "most"), [(2 * 1024 * 1024, 4), (2000, 8)])
+def test_large_messages_are_checked_a_few_at_a_time(data_dir: Path, size: int, most: int) -> None:
+    body = MESSAGE + b"x" * (size - len(MESSAGE) - 2) + b"\r\n"
+
+    async def go() -> int:
+        store = await open_store(data_dir)
+        try:
+            alice = await store.get_account("alice@example.org")
+            assert alice is not None
+            pipeline = Pipeline(
+                store, EventLog(io.StringIO()), resolver=FakeResolver({}), hostname="mx.test"
+            )
+            crowd = Crowd()
+            pipeline.content_checks = [crowd]
+
+            async def one(i: int) -> Reply:
+                session = SessionInfo("submission", "192.0.2.1", 4000 + i, f"s{i}")
+                session.account_id, session.account_address = alice.id, alice.address
+                envelope = Envelope("alice@example.org")
+                envelope.recipients.append(
+                    LocalRecipient("alice@example.org", alice.id, alice.address)
+                )
+                return await pipeline.end_of_data(
+                    session, envelope, store.new_spool(), body, 0, len(body)
+                )
+
+            replies = await asyncio.gather(*(one(i) for i in range(8)))
+            assert all(r.code == 250 for r in replies)
+            return crowd.most
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) == most

@@ -69,6 +69,10 @@ from mailward.store.api import (
 )
 
 HEADERS_TOO_LARGE = Reply(552, "5.3.4", "Header section too large")
+# Messages over LARGE_MESSAGE octets run their content checks LARGE_CONTENT_CHECKS at a
+# time: a check may hold the whole message (and its decoded parts) in memory.
+LARGE_MESSAGE = 1024 * 1024
+LARGE_CONTENT_CHECKS = 4
 COPY_CHUNK = 256 * 1024
 JUNK_KEYWORD = "$Junk"  # RFC 5788 / IANA IMAP keywords, when there is no Junk mailbox
 
@@ -111,6 +115,7 @@ class Pipeline:
         # Malware, attachment policy, DLP... (pipeline.content), in order; set by the
         # composition root from the config.
         self.content_checks: Sequence[ContentCheck] = ()
+        self._large_checks = asyncio.Semaphore(LARGE_CONTENT_CHECKS)
         # Header fields removed from inbound mail because only we may write them
         # (X-Spam-Status...: set by the composition root when spam scoring is on).
         self.untrusted_fields: Sequence[str] = ()
@@ -365,16 +370,21 @@ class Pipeline:
         view = MessageView(
             session, envelope, section, content, spool, trace_length, size, auth=report
         )
-        for check in self.content_checks:
-            if not check.applies(session):
-                continue
-            result = await check.check(view)
-            if result.refused:
-                return self._refused(session, "data", result, check=check.name)
-            added += b"".join(f"{n}: {v}\r\n".encode("ascii", "replace") for n, v in result.headers)
-            if result.decision == Decision.QUARANTINE and hold is None:
-                hold = QuarantineHold(check.name, result.reason)
-            junk |= result.junk
+        checks = [c for c in self.content_checks if c.applies(session)]
+        # Checks read a large message into memory (once, shared through the view):
+        # at most LARGE_CONTENT_CHECKS such messages at a time bounds what that costs.
+        large = self._large_checks if checks and size > LARGE_MESSAGE else None
+        async with large or contextlib.nullcontext():
+            for check in checks:
+                result = await check.check(view)
+                if result.refused:
+                    return self._refused(session, "data", result, check=check.name)
+                added += b"".join(
+                    f"{n}: {v}\r\n".encode("ascii", "replace") for n, v in result.headers
+                )
+                if result.decision == Decision.QUARANTINE and hold is None:
+                    hold = QuarantineHold(check.name, result.reason)
+                junk |= result.junk
         new_section = stripped if removed else None
         return _Body(trace, section, new_section, added, quarantine, hold, junk)
 
