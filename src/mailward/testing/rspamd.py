@@ -33,8 +33,8 @@ As root, rspamd refuses to run its workers as root: the harness passes `-u _rspa
 user rspamd runs as that user. It runs in the foreground as a child process and is
 stopped (SIGTERM, then SIGKILL, then its workers) and waited for when the context
 exits, whatever happened, and as a last resort at interpreter exit or when the
-starting thread dies. A failed start raises `RspamdHarnessError` with the tail of
-rspamd's log.
+starting thread dies (the lifecycle is `testing.daemon.PrivateDaemon`'s). A failed
+start raises `RspamdHarnessError` with the tail of rspamd's log.
 """
 
 from __future__ import annotations
@@ -43,20 +43,12 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
-import subprocess
-import tempfile
-import threading
-import time
-import weakref
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from mailward.testing.daemon import terminate
+from mailward.testing.daemon import HOST, DaemonHarnessError, PrivateDaemon
 
 __all__ = [
     "RSPAMD",
@@ -70,7 +62,6 @@ __all__ = [
 RSPAMD = "/usr/bin/rspamd"
 CONFIG = "/etc/rspamd/rspamd.conf"
 RSPAMD_USER = "_rspamd"  # the Debian package's user (workers may not run as root)
-HOST = "127.0.0.1"
 START_TIMEOUT = 120.0  # seconds for rspamd to answer /ping (the first start compiles)
 LOG_TAIL = 60  # lines of rspamd's log in a start failure
 # Compiled hyperscan databases (regexp classes, multipattern TLD list, ...): the
@@ -102,14 +93,22 @@ def default_hs_cache() -> Path:
     return Path(base) / "mailward-test" / "rspamd-hs"
 
 
-class RspamdHarnessError(RuntimeError):
+class RspamdHarnessError(DaemonHarnessError):
     """rspamd would not start (bad config, no free port): the message has its log."""
 
 
-class TestRspamd:
-    """An offline rspamd scanner on 127.0.0.1 (see the module docstring)."""
+class TestRspamd(PrivateDaemon):
+    """An offline rspamd scanner on 127.0.0.1 (see the module docstring); `start()`
+    returns once its normal worker answers /ping."""
 
     __test__ = False  # (not a pytest test class)
+
+    program = "rspamd"
+    error = RspamdHarnessError
+    start_timeout = START_TIMEOUT
+    awaited = "answer /ping"
+    log_tail_lines = LOG_TAIL
+    kill_group = True  # workers orphaned by a SIGKILLed main process
 
     def __init__(
         self,
@@ -126,6 +125,7 @@ class TestRspamd:
         {"actions.conf": "reject = 10;"})."""
         if not dns_timeout > 0:
             raise ValueError("dns_timeout must be greater than 0")
+        super().__init__()
         self.dns = dns
         self.dns_timeout = dns_timeout
         if hs_cache is True:
@@ -135,13 +135,6 @@ class TestRspamd:
         else:
             self.hs_cache = Path(hs_cache)
         self.local_config = dict(local_config or {})
-        self.directory: Path | None = None
-        self.port = 0
-        self.start_seconds = 0.0  # how long the last start took, until /ping answered
-        self._process: subprocess.Popen[bytes] | None = None
-        self._finalizer: (
-            weakref.finalize[[subprocess.Popen[bytes], Path | None], TestRspamd] | None
-        ) = None
 
     # -- what tests use -------------------------------------------------------------
 
@@ -153,72 +146,38 @@ class TestRspamd:
 
     @property
     def log_path(self) -> Path:
+        """log/rspamd.log: each scanned message is logged with its symbols
+        (`log_text()`)."""
         assert self.directory is not None, "not started"
         return self.directory / "log" / "rspamd.log"
-
-    def log_text(self) -> str:
-        """rspamd's log so far (each scanned message is logged with its symbols)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (OSError, AssertionError):
-            return ""
-
-    # -- lifecycle ------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Write the config, start rspamd, wait until it answers /ping."""
-        if self._process is not None:
-            return self
-        if not rspamd_available():
-            raise RspamdHarnessError("rspamd is not installed: run scripts/install-test-deps")
-        self.directory = Path(tempfile.mkdtemp(prefix="mailward-rspamd-"))
-        attempts = 5
-        try:
-            for name in ("local.d", "override.d", "db", "run", "log"):
-                (self.directory / name).mkdir()
-            self._restore_hs_cache()
-            for attempt in range(attempts):
-                self.port = _free_port()
-                self._write_config()
-                try:
-                    self._launch()
-                    return self
-                except RspamdHarnessError:
-                    self._kill()
-                    # A port taken between _free_port() and rspamd's bind: another one.
-                    if not _BIND_ERROR.search(self._logs()) or attempt == attempts - 1:
-                        raise
-                    (self.directory / "log" / "rspamd.log").unlink(missing_ok=True)
-        except BaseException:
-            self._kill()
-            self._cleanup_directory()
-            self.port = 0
-            raise
-        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Stop rspamd (SIGTERM, then SIGKILL) and wait for it; keep its compiled
         hyperscan databases in the cache; remove the temp dir."""
         self._kill()
         self._save_hs_cache()
-        self._cleanup_directory()
-        self.port = 0
+        super().stop()
 
-    def __enter__(self) -> Self:
-        return self.start()
+    # -- hooks of PrivateDaemon -----------------------------------------------------
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _installed(self) -> bool:
+        return rspamd_available()
 
-    # -- internals ------------------------------------------------------------------
+    def _prepare(self) -> None:
+        """The config, database, run and log directories; the cached hyperscan
+        databases."""
+        assert self.directory is not None
+        for name in ("local.d", "override.d", "db", "run", "log"):
+            (self.directory / name).mkdir()
+        self._restore_hs_cache()
+
+    def _bind_failed(self, logs: str) -> bool:
+        return _BIND_ERROR.search(logs) is not None
 
     def _write_config(self) -> None:
         assert self.directory is not None
+        # After a bind failure: a new log, so the next attempt is judged by its own.
+        self.log_path.unlink(missing_ok=True)
         dns = self.dns or f"{HOST}:{_dead_udp_port()}"
         timeout_ms = max(1, round(self.dns_timeout * 1000))
         files = {
@@ -244,7 +203,6 @@ class TestRspamd:
         assert self.directory is not None
         directory = self.directory
         command = [
-            *_die_with_parent(),
             RSPAMD,
             "-f",
             "-c",
@@ -261,33 +219,6 @@ class TestRspamd:
         if os.geteuid() == 0:
             command += ["-u", RSPAMD_USER, "-g", RSPAMD_USER]
         return command
-
-    def _launch(self) -> None:
-        assert self.directory is not None
-        started = time.monotonic()
-        with open(self.directory / "rspamd.stderr", "ab") as stderr:
-            self._process = subprocess.Popen(  # noqa: S603 - fixed binary, our config
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        # If the test forgets stop() (or the interpreter exits), rspamd still goes.
-        self._finalizer = weakref.finalize(self, _terminate, self._process, self.directory)
-        deadline = started + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RspamdHarnessError(
-                    f"rspamd exited with {self._process.returncode}:\n{self._logs()}"
-                )
-            if self._answers():
-                self.start_seconds = time.monotonic() - started
-                return
-            time.sleep(0.05)
-        raise RspamdHarnessError(
-            f"rspamd did not answer /ping within {START_TIMEOUT} s:\n{self._logs()}"
-        )
 
     def _answers(self) -> bool:
         """Whether the normal worker answers `GET /ping` with pong (readiness probe)."""
@@ -355,49 +286,6 @@ class TestRspamd:
                 if _HS_FILE.fullmatch(old.name) and old.name not in current:
                     old.unlink(missing_ok=True)
 
-    def _logs(self) -> str:
-        """rspamd's stderr and the tail of its log."""
-        assert self.directory is not None
-        try:
-            stderr = (self.directory / "rspamd.stderr").read_text(errors="replace")
-        except OSError:
-            stderr = ""
-        tail = self.log_text().splitlines()[-LOG_TAIL:]
-        return stderr + "\n".join(tail)
-
-    def _kill(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if self._process is not None:
-            _terminate(self._process)
-            self._process = None
-
-    def _cleanup_directory(self) -> None:
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
-
-
-def _terminate(process: subprocess.Popen[bytes], directory: Path | None = None) -> None:
-    """`terminate()` rspamd's main process (which stops its workers), then SIGKILL
-    whatever is left of its process group (its own session: workers orphaned by a
-    SIGKILLed main process)."""
-    terminate(process)
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    if directory is not None:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (rspamd binds it a moment later; a lost
-    race shows as a bind error and `start` tries again)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-        tcp.bind((HOST, 0))
-        port: int = tcp.getsockname()[1]
-        return port
-
 
 def _dead_udp_port() -> int:
     """A UDP port on 127.0.0.1 where nothing listens right now (DNS sent there is
@@ -406,14 +294,3 @@ def _dead_udp_port() -> int:
         udp.bind((HOST, 0))
         port: int = udp.getsockname()[1]
         return port
-
-
-def _die_with_parent() -> list[str]:
-    """A command prefix asking the kernel to SIGTERM rspamd when the thread that
-    started it dies (util-linux `setpriv --pdeathsig`, PR_SET_PDEATHSIG): a test run
-    killed outright leaves no rspamd behind (its main process then stops its
-    workers). Only from the main thread, which lives as long as the process."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or threading.current_thread() is not threading.main_thread():
-        return []
-    return [setpriv, "--pdeathsig", "TERM", "--"]

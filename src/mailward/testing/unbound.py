@@ -19,7 +19,8 @@ RFC 4035 5.5): never the data.
 The instance is private: its own unbound.conf in a temp dir, 127.0.0.1 on a free
 port, no daemon, no syslog, no chroot, no user switch, `/usr/sbin/unbound -d` as a
 child process that is killed when the context exits (and, as a last resort, at
-interpreter exit). Every test zone is a stub zone pointing at the `TestDns`; all
+interpreter exit or when the starting thread dies: the lifecycle is
+`testing.daemon.PrivateDaemon`'s). Every test zone is a stub zone pointing at the `TestDns`; all
 other names are refused (`local-zone: "." refuse`), so nothing leaves the machine.
 Caching is off (`cache-max-ttl: 0`, `cache-max-negative-ttl: 0`, `val-bogus-ttl: 0`)
 so changes in `TestDns` show at once; `flush()` empties what is left.
@@ -33,23 +34,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import tempfile
-import threading
-import time
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import dns.exception
 import dns.message
 import dns.query
 import dns.rdataclass
 
-from mailward.testing.daemon import terminate
+from mailward.testing.daemon import DaemonHarnessError, PrivateDaemon, free_port
 from mailward.testing.dns_server import HOST, DnsEndpoint, TestDns
 
 __all__ = ["UNBOUND", "TestUnbound", "unbound_available"]
@@ -71,14 +65,20 @@ def unbound_available() -> bool:
     return os.access(_tool("unbound"), os.X_OK)
 
 
-class UnboundError(RuntimeError):
+class UnboundError(DaemonHarnessError):
     """unbound would not start (bad config, no free port): the message has its log."""
 
 
-class TestUnbound(DnsEndpoint):
-    """A validating unbound on 127.0.0.1 whose only data are the zones of `dns`."""
+class TestUnbound(PrivateDaemon, DnsEndpoint):
+    """A validating unbound on 127.0.0.1 whose only data are the zones of `dns`;
+    `start()` checks its config with unbound-checkconf and returns once it answers
+    a query."""
 
     __test__ = False  # (not a pytest test class)
+
+    program = "unbound"
+    error = UnboundError
+    start_timeout = START_TIMEOUT
 
     def __init__(
         self,
@@ -94,19 +94,13 @@ class TestUnbound(DnsEndpoint):
         zones it signed, when unbound starts). `directory`: where unbound.conf and
         unbound.log go (default: a temp dir removed on stop). `extra_config`: more
         `server:` lines."""
+        super().__init__(directory=directory)
         self.dns = dns
         self._zones = list(zones) if zones is not None else None
         self._anchors = dict(trust_anchors) if trust_anchors is not None else None
-        self._own_directory = directory is None
-        self.directory = Path(directory) if directory is not None else None
         self.extra_config = list(extra_config)
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
-        self._finalizer: (
-            weakref.finalize[[subprocess.Popen[bytes], Path | None], TestUnbound] | None
-        ) = None
 
-    # -- lifecycle ------------------------------------------------------------------
+    # -- what tests use -------------------------------------------------------------
 
     @property
     def config_path(self) -> Path:
@@ -115,55 +109,10 @@ class TestUnbound(DnsEndpoint):
 
     @property
     def log_path(self) -> Path:
+        """unbound.log: validation failures are explained there (`val-log-level: 2`,
+        `log_text()`)."""
         assert self.directory is not None, "not started"
         return self.directory / "unbound.log"
-
-    def log_text(self) -> str:
-        """unbound's log so far (validation failures are explained here,
-        `val-log-level: 2`)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (OSError, AssertionError):
-            return ""
-
-    def start(self) -> Self:
-        """Write and check the config, start unbound, wait until it answers."""
-        if self._process is not None:
-            return self
-        if not unbound_available():
-            raise UnboundError("unbound is not installed: run scripts/install-test-deps")
-        if not self.dns.port:
-            raise UnboundError("start the TestDns before the TestUnbound in front of it")
-        if self.directory is None:
-            self.directory = Path(tempfile.mkdtemp(prefix="mailward-unbound-"))
-        self.directory.mkdir(parents=True, exist_ok=True)
-        keep_port = self.port
-        attempts = 5
-        try:
-            for attempt in range(attempts):
-                self.port = keep_port if keep_port and attempt == 0 else _free_port()
-                self._write_config()
-                self._check_config()
-                try:
-                    self._launch()
-                    return self
-                except UnboundError:
-                    self._kill()
-                    # A port taken between _free_port() and unbound's bind: another one.
-                    if "bind" not in self._logs().lower() or attempt == attempts - 1:
-                        raise
-        except BaseException:
-            self._kill()
-            self._cleanup_directory()
-            self.port = 0
-            raise
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        """Stop unbound (SIGTERM, then SIGKILL) and wait for it; remove the temp dir."""
-        self._kill()
-        self._cleanup_directory()
-        self.port = 0
 
     def restart(self) -> None:
         """Re-read the zones and trust anchors of `dns` and start again (same port)."""
@@ -183,16 +132,18 @@ class TestUnbound(DnsEndpoint):
         ):
             self._control(*command)
 
-    def __enter__(self) -> Self:
-        return self.start()
+    # -- hooks of PrivateDaemon -----------------------------------------------------
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _installed(self) -> bool:
+        return unbound_available()
+
+    def _check_start(self) -> None:
+        if not self.dns.port:
+            raise UnboundError("start the TestDns before the TestUnbound in front of it")
+
+    def _port_for(self, attempt: int) -> int:
+        """The port kept by `restart()` first, then free ones (UDP and TCP)."""
+        return self.port if self.port and attempt == 0 else free_port(udp=True)
 
     # -- internals ------------------------------------------------------------------
 
@@ -201,6 +152,7 @@ class TestUnbound(DnsEndpoint):
         return [zone.strip().rstrip(".").lower() for zone in zones]
 
     def _write_config(self) -> None:
+        """unbound.conf for `port`, checked with unbound-checkconf."""
         assert self.directory is not None
         directory = self.directory
         zones = self._zone_names()
@@ -276,6 +228,7 @@ class TestUnbound(DnsEndpoint):
                 "    stub-prime: no",
             ]
         self.config_path.write_text("\n".join(lines) + "\n")
+        self._check_config()
 
     def _check_config(self) -> None:
         result = subprocess.run(  # noqa: S603 - fixed tool, our own config file
@@ -291,31 +244,8 @@ class TestUnbound(DnsEndpoint):
                 f"{result.stdout}{result.stderr}\n{self.config_path.read_text()}"
             )
 
-    def _launch(self) -> None:
-        assert self.directory is not None
-        command = [*_die_with_parent(), _tool("unbound"), "-d", "-c", str(self.config_path)]
-        with open(self.directory / "unbound.stderr", "ab") as stderr:
-            self._process = subprocess.Popen(  # noqa: S603 - fixed binary, our config
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        # If the test forgets stop() (or the interpreter exits), unbound still goes.
-        self._finalizer = weakref.finalize(
-            self, terminate, self._process, self.directory if self._own_directory else None
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise UnboundError(
-                    f"unbound exited with {self._process.returncode}:\n{self._logs()}"
-                )
-            if self._answers():
-                return
-            time.sleep(0.05)
-        raise UnboundError(f"unbound did not answer within {START_TIMEOUT} s:\n{self._logs()}")
+    def _command(self) -> list[str]:
+        return [_tool("unbound"), "-d", "-c", str(self.config_path)]
 
     def _answers(self) -> bool:
         """Whether unbound answers a query (CHAOS version.server, RFC 4892 style)."""
@@ -325,14 +255,6 @@ class TestUnbound(DnsEndpoint):
         except (dns.exception.DNSException, OSError):
             return False
         return True
-
-    def _logs(self) -> str:
-        assert self.directory is not None
-        try:
-            stderr = (self.directory / "unbound.stderr").read_text(errors="replace")
-        except OSError:
-            stderr = ""
-        return f"{stderr}{self.log_text()}"
 
     def _control(self, *command: str) -> None:
         if self._process is None:
@@ -348,43 +270,3 @@ class TestUnbound(DnsEndpoint):
             raise UnboundError(
                 f"unbound-control {' '.join(command)}: {result.stdout}{result.stderr}"
             )
-
-    def _kill(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if self._process is not None:
-            terminate(self._process)
-            self._process = None
-
-    def _cleanup_directory(self) -> None:
-        if self._own_directory and self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now (unbound binds it
-    a moment later; a lost race shows as a bind error and `start` tries again)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((HOST, 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError("no port free for both UDP and TCP on 127.0.0.1")
-
-
-def _die_with_parent() -> list[str]:
-    """A command prefix asking the kernel to SIGTERM unbound when the thread that
-    started it dies (util-linux `setpriv --pdeathsig`, PR_SET_PDEATHSIG): a test run
-    killed outright leaves no resolver behind. Only from the main thread, which lives
-    as long as the process (the signal follows the starting *thread*)."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or threading.current_thread() is not threading.main_thread():
-        return []
-    return [setpriv, "--pdeathsig", "TERM", "--"]
