@@ -273,3 +273,49 @@ def test_parse_nameservers_rejects(spec: str) -> None:
 def test_parse_nameservers_rejects_bad_brackets(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_nameservers([spec])
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_cached_answers_nodata_and_nxdomain_are_not_asked_again(testdns: TestDns) -> None:
+    testdns.add("example.test", "TXT", "v=spf1 -all")
+    cached = DnsResolver([testdns.address], timeout=5.0, cache_max_ttl=300.0)
+
+    async def twice(name: str, rdtype: str) -> list[Answer]:
+        return [await cached.query(name, rdtype), await cached.query(name, rdtype)]
+
+    first, second = asyncio.run(twice("example.test", "TXT"))
+    assert first == second == Answer(("v=spf1 -all",))
+    asyncio.run(twice("example.test", "MX"))  # NODATA
+    asyncio.run(twice("nothing.example.test", "TXT"))  # NXDOMAIN
+    assert testdns.count("example.test", "TXT") == 1
+    assert testdns.count("example.test", "MX") == 1
+    assert testdns.count("nothing.example.test", "TXT") == 1
+    # Without a cache every query goes out.
+    plain = DnsResolver([testdns.address], timeout=5.0)
+    asyncio.run(plain.query("example.test", "TXT"))
+    asyncio.run(plain.query("example.test", "TXT"))
+    assert testdns.count("example.test", "TXT") == 3
+
+
+def test_cached_answers_expire_at_the_cap(testdns: TestDns) -> None:
+    testdns.add("example.test", "TXT", "old")  # TTL 60, capped at 0.2 s
+    cached = DnsResolver([testdns.address], timeout=5.0, cache_max_ttl=0.2)
+    assert asyncio.run(cached.txt("example.test")) == ["old"]
+    testdns.set("example.test", "TXT", "new")
+    assert asyncio.run(cached.txt("example.test")) == ["old"]  # still cached
+    deadline = time.monotonic() + HANG_BOUND
+    while asyncio.run(cached.txt("example.test")) != ["new"]:
+        assert time.monotonic() < deadline, "the cached answer never expired"
+        time.sleep(0.05)
+
+
+def test_failures_are_not_cached(testdns: TestDns) -> None:
+    testdns.add("example.test", "TXT", "v=spf1 -all")
+    testdns.fail("example.test", "TXT")
+    cached = DnsResolver([testdns.address], timeout=5.0, cache_max_ttl=300.0)
+    with pytest.raises(DnsTemporaryError):
+        asyncio.run(cached.txt("example.test"))
+    testdns.clear_faults()
+    assert asyncio.run(cached.txt("example.test")) == ["v=spf1 -all"]

@@ -112,7 +112,9 @@ async def _serve(
         net_lockout_failures=config.abuse.auth_failures_per_net,
     )
     authenticator = Authenticator(store, hasher, log, policy)
-    resolver = DnsResolver(config.dns.resolvers, timeout=config.dns.timeout)
+    resolver = DnsResolver(
+        config.dns.resolvers, timeout=config.dns.timeout, cache_max_ttl=config.dns.cache_max_ttl
+    )
     abuse = TransactionLimits(store, log, config.abuse)
     pipeline = Pipeline(store, log, resolver=resolver, hostname=config.server.hostname, abuse=abuse)
     # Each user's Bayes filter scores their mail and learns from their Junk moves over

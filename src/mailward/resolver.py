@@ -18,6 +18,7 @@ config says whether the resolver is one).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,6 +36,7 @@ import dns.reversename
 from mailward.config.schema import parse_nameservers
 
 DEFAULT_TIMEOUT = 5.0
+CACHE_SIZE = 10_000  # answers kept at most (least recently used dropped first)
 # One try waits at most this long before the query is sent again (a lost UDP packet
 # must not cost the whole timeout); the whole lookup still ends at the timeout.
 TRY_TIMEOUT = 2.0
@@ -85,11 +87,32 @@ class Resolver(Protocol):
         ...
 
 
+class _CappedCache(dns.resolver.LRUCache):
+    """dnspython's LRU answer cache (answers, NODATA and NXDOMAIN, each for its TTL:
+    RFC 2308 for the negative ones), with every entry kept at most `max_ttl` seconds
+    so a changed record (a rotated DKIM key, a new DMARC policy) is seen soon."""
+
+    def __init__(self, max_ttl: float, max_size: int = CACHE_SIZE) -> None:
+        super().__init__(max_size)
+        self.max_ttl = max_ttl
+
+    def put(self, key: dns.resolver.CacheKey, value: dns.resolver.Answer) -> None:
+        value.expiration = min(value.expiration, time.time() + self.max_ttl)
+        super().put(key, value)
+
+
 class DnsResolver:
-    """dnspython's asyncio resolver. One per process; safe to share between tasks."""
+    """dnspython's asyncio resolver. One per process; safe to share between tasks.
+
+    With `cache_max_ttl` > 0 answers are reused for their TTL, at most that many
+    seconds (`_CappedCache`); failures (SERVFAIL, timeouts) are never cached."""
 
     def __init__(
-        self, nameservers: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        nameservers: Sequence[str] = (),
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        cache_max_ttl: float = 0.0,
     ) -> None:
         if nameservers:
             servers = parse_nameservers(nameservers)
@@ -103,6 +126,8 @@ class DnsResolver:
         self._resolver.timeout = min(timeout, TRY_TIMEOUT)
         self._resolver.use_edns(0, dns.flags.DO, 1232)  # ask for the AD bit (RFC 6840 5.7)
         self._resolver.flags = dns.flags.RD | dns.flags.AD
+        if cache_max_ttl > 0:
+            self._resolver.cache = _CappedCache(cache_max_ttl)
 
     async def query(self, name: str, rdtype: str) -> Answer:
         kind = dns.rdatatype.from_text(rdtype)  # an unknown type is a bug: it raises

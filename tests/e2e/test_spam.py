@@ -61,6 +61,7 @@ def srv(
             "spam.dnsbl": '["bl.test=6"]',
             "spam.rspamd": rspamd.url,
             "spam.bayes_min_trained": "5",
+            "dns.cache_max_ttl": "300",  # the zone does not change: the product's cache
         },
     ) as server:
         yield server

@@ -126,6 +126,10 @@ class DnsConfig:
         metadata=doc("The resolvers validate DNSSEC and the path to them is safe (DANE needs it)"),
     )
     timeout: float = field(default=5.0, metadata=doc("Seconds for one DNS lookup"))
+    cache_max_ttl: float = field(
+        default=300.0,
+        metadata=doc("Seconds an answer is reused at most (within its TTL); 0: no cache"),
+    )
 
 
 @dataclass(frozen=True)

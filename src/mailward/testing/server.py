@@ -42,8 +42,9 @@ RESERVED_PORTS = SERVED_PORTS
 # Config every `mail_server` gets unless the caller sets the key: no greeting pause on
 # the MX port and no tarpit (the product defaults, 1 s a connection and 0.5 s more per
 # error, would slow every test that connects or errs; early talkers are still refused,
-# and tests/e2e/test_abuse.py and test_attack.py run with both).
-TEST_CONFIG = {"abuse.greeting_delay": "0", "abuse.tarpit_step": "0"}
+# and tests/e2e/test_abuse.py and test_attack.py run with both), and no DNS answer
+# cache (tests change their DNS servers' records while a server runs).
+TEST_CONFIG = {"abuse.greeting_delay": "0", "abuse.tarpit_step": "0", "dns.cache_max_ttl": "0"}
 
 _OFFSET_RANGE = (20000, 40000)
 _CLI_TIMEOUT = 120.0
