@@ -181,3 +181,20 @@ def test_unsafe_or_corrupt_key_file_refused(tmp_path: Path) -> None:
     path.write_bytes(b"junk")
     with pytest.raises(DkimKeyError, match=str(path)):
         load_domain_keys(tmp_path, DOMAIN)
+
+
+def test_signing_sees_a_replaced_or_loosened_key_file_at_once(tmp_path: Path) -> None:
+    """Signing keys are cached by the file's identity: a key file replaced (rotation by
+    hand) or made readable to others after a first signature is noticed at once."""
+    first = generate_domain_keys(tmp_path / "a", DOMAIN, selector_date="202401")
+    other = generate_domain_keys(tmp_path / "b", DOMAIN, selector_date="202401")
+    key = next(k for k in first if k.algorithm == "rsa")
+    replacement = next(k for k in other if k.algorithm == "rsa")
+    sign_message(MESSAGE, key)  # loaded and cached
+    dnsfunc_new = dnsfunc_for(dns_records(DOMAIN, "mail.example.test", other))
+    key.private_key_path.write_bytes(replacement.private_key_path.read_bytes())
+    signature = sign_message(MESSAGE, key)
+    assert dkim.verify(signature + MESSAGE, dnsfunc=dnsfunc_new)  # the new key signed it
+    key.private_key_path.chmod(0o644)
+    with pytest.raises(DkimKeyError, match="chmod 600"):
+        sign_message(MESSAGE, key)

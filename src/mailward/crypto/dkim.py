@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import json
 import re
 import stat
@@ -152,6 +153,40 @@ def _read_private_key(path: Path) -> ed25519.Ed25519PrivateKey | rsa.RSAPrivateK
     return key
 
 
+def _signing_key(path: Path) -> tuple[bytes, bytes]:
+    """(the key as dkimpy takes it, its a= algorithm) for the key file at `path`.
+
+    Loading an RSA key costs ~20 ms (cryptography checks it), once per outbound
+    message and key without this cache; the file is still stat'ed every time, so a
+    replaced key file or a changed mode takes effect at once."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise DkimKeyError(f"{path}: cannot read: {e.strerror or e}") from None
+    return _loaded_signing_key(str(path), st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
+
+
+@functools.lru_cache(maxsize=64)
+def _loaded_signing_key(
+    path: str, inode: int, mtime_ns: int, size: int, mode: int
+) -> tuple[bytes, bytes]:
+    """`_signing_key`, cached by the file's identity (errors are not cached)."""
+    private_key = _read_private_key(Path(path))
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        seed = private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return base64.b64encode(seed), b"ed25519-sha256"
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return pem, b"rsa-sha256"
+
+
 def _current_selectors(directory: Path) -> set[str]:
     """The selectors `current.json` names, if it names any (else the empty set)."""
     try:
@@ -234,22 +269,7 @@ def sign_message(
     survives the header rewrapping relays do. `include_headers` defaults to dkimpy's
     RFC 6376 5.4.1 list (From, To, Subject, Date, Message-ID, ...).
     """
-    private_key = _read_private_key(key.private_key_path)
-    if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        seed = private_key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        privkey = base64.b64encode(seed)
-        algorithm = b"ed25519-sha256"
-    else:
-        privkey = private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        algorithm = b"rsa-sha256"
+    privkey, algorithm = _signing_key(key.private_key_path)
     signature: bytes = dkim.sign(
         message,
         key.selector.encode("ascii"),
