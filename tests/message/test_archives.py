@@ -30,6 +30,7 @@ from mailward.message.archives import (
     pdf_inside,
     walk,
 )
+from tests.message.file_samples import TNEF_SIGNATURE, pdf_file, pdf_stream, tnef_attribute
 
 MiB = 1024 * 1024
 
@@ -340,19 +341,12 @@ def test_mutated_archives_never_raise_anything_else(noise: bytes, where: int) ->
 
 # ----------------------------------------------------------------------------- TNEF
 
-TNEF_SIGNATURE = b"\x78\x9f\x3e\x22"
 ATT_RENDDATA = 0x00069002
 ATT_TITLE = 0x00018010
 ATT_DATA = 0x0006800F
 ATT_ATTACHMENT = 0x00069005
 ATT_MESSAGE_CLASS = 0x00078008
 PT_STRING8, PT_UNICODE, PT_BINARY, PT_OBJECT, PT_LONG = 0x001E, 0x001F, 0x0102, 0x000D, 0x0003
-
-
-def tnef_attribute(level: int, attribute: int, data: bytes) -> bytes:
-    """[MS-OXTNEF] 2.1.3.1: level, ID, length, data, checksum (sum of the octets)."""
-    checksum = sum(data) & 0xFFFF
-    return struct.pack("<BII", level, attribute, len(data)) + data + struct.pack("<H", checksum)
 
 
 def pad4(data: bytes) -> bytes:
@@ -482,24 +476,6 @@ def test_tnef_absurd_lengths_are_a_problem_not_an_allocation() -> None:
 # ----------------------------------------------------------------------------- PDF
 
 
-def pdf_file(*objects: bytes, trailer: bytes = b"<< /Root 1 0 R >>") -> bytes:
-    """A PDF with `objects` numbered from 1 and a cross-reference table."""
-    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n" + trailer + b"\nstartxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
-
-
-def stream(dictionary: bytes, data: bytes) -> bytes:
-    return b"<< " + dictionary + b" /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
-
-
 def object_stream(first_number: int, *objects: bytes, type_name: bytes = b"/Type /ObjStm") -> bytes:
     """An object stream (ISO 32000-1 7.5.7) holding `objects`, Flate-compressed."""
     offsets, body = [], b""
@@ -509,7 +485,7 @@ def object_stream(first_number: int, *objects: bytes, type_name: bytes = b"/Type
     header = b" ".join(offsets) + b"\n"
     data = zlib.compress(header + body)
     dictionary = type_name + b" /N %d /First %d /Filter /FlateDecode" % (len(objects), len(header))
-    return stream(dictionary, data)
+    return pdf_stream(dictionary, data)
 
 
 CATALOG = b"<< /Type /Catalog /Pages 2 0 R >>"
@@ -541,7 +517,7 @@ def test_escaped_filter_names_and_filter_chains() -> None:
     body = b"1 0\n<< /S /JavaScript >>"
     flate_hex = binascii.hexlify(zlib.compress(body)) + b">"
     dictionary = b"/Type /ObjStm /N 1 /First 4 /Filter [/AHx /Fl#61teDecode]"
-    data = pdf_file(CATALOG, stream(dictionary, flate_hex))
+    data = pdf_file(CATALOG, pdf_stream(dictionary, flate_hex))
     assert pdf_inside(data, ("a.pdf",), Budget()).labels == {"pdf-javascript"}
 
 
@@ -558,7 +534,7 @@ def test_inflation_ignores_a_false_length_and_endstream_inside() -> None:
 def test_object_stream_bomb_hits_the_bounds() -> None:
     data = pdf_file(
         CATALOG,
-        stream(
+        pdf_stream(
             b"/Type /ObjStm /N 1 /First 4 /Filter /FlateDecode", zlib.compress(bytes(20 * MiB), 9)
         ),
     )
@@ -572,7 +548,7 @@ def test_object_stream_bomb_hits_the_bounds() -> None:
 
 
 def test_undecodable_object_stream_is_a_problem_unless_encrypted() -> None:
-    lzw = stream(b"/Type /ObjStm /N 1 /First 4 /Filter /LZWDecode", b"\x80\x0b\x60\x50")
+    lzw = pdf_stream(b"/Type /ObjStm /N 1 /First 4 /Filter /LZWDecode", b"\x80\x0b\x60\x50")
     (problem,) = pdf_inside(pdf_file(CATALOG, lzw), ("a.pdf",), Budget()).files
     assert problem.path == ("a.pdf",) and problem.problem == "undecodable pdf object stream"
     encrypted = pdf_file(CATALOG, lzw, trailer=b"<< /Root 1 0 R /Encrypt 9 0 R >>")
@@ -587,8 +563,8 @@ def embedded(
     data: bytes, compress: bool = True, type_name: bytes = b"/Type /EmbeddedFile"
 ) -> bytes:
     if compress:
-        return stream(type_name + b" /Filter /FlateDecode", zlib.compress(data))
-    return stream(type_name, data)
+        return pdf_stream(type_name + b" /Filter /FlateDecode", zlib.compress(data))
+    return pdf_stream(type_name, data)
 
 
 def test_embedded_files_are_members() -> None:

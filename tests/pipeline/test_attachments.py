@@ -30,6 +30,7 @@ from mailward.message.sniff import BLOCKED_BY_DEFAULT
 from mailward.pipeline.attachments import LIMIT_REPLIES, AttachmentPolicy, display_name
 from mailward.pipeline.content import ContentCheck, MessageView
 from mailward.pipeline.types import CheckResult, Decision, Envelope, RemoteRecipient, SessionInfo
+from tests.message.file_samples import TNEF_SIGNATURE, pdf_file, pdf_stream, tnef_attribute
 
 MiB = 1024 * 1024
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -473,24 +474,6 @@ def test_plain_messages_pass() -> None:
 # ------------------------------------------------------------------ active content
 
 
-def pdf_file(*objects: bytes, trailer: bytes = b"<< /Root 1 0 R >>") -> bytes:
-    """A PDF with `objects` numbered from 1 and a cross-reference table."""
-    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n" + trailer + b"\nstartxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
-
-
-def pdf_stream(dictionary: bytes, data: bytes) -> bytes:
-    return b"<< " + dictionary + b" /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
-
-
 def object_stream(first_number: int, *objects: bytes) -> bytes:
     """A Flate-compressed object stream (ISO 32000-1 7.5.7) holding `objects`."""
     offsets, body = [], b""
@@ -696,15 +679,6 @@ def test_rtf_shown_as_the_text_of_a_message_is_not_judged() -> None:
     """A text part without a file name is read by a person, not opened by Word."""
     body = r"{\rtf1 Here is how an exploit starts: {\object\objdata 0105}}"
     assert_accepted(judge(mail(body=body)))
-
-
-TNEF_SIGNATURE = b"\x78\x9f\x3e\x22"
-
-
-def tnef_attribute(level: int, attribute: int, data: bytes) -> bytes:
-    """[MS-OXTNEF] 2.1.3.1: level, ID, length, data, checksum."""
-    checksum = sum(data) & 0xFFFF
-    return struct.pack("<BII", level, attribute, len(data)) + data + struct.pack("<H", checksum)
 
 
 def tnef(*files: tuple[str, bytes], short: str | None = None) -> bytes:
