@@ -29,6 +29,7 @@ from mailward.scan.clamd import (
     parse_scan_reply,
 )
 from mailward.testing.clamd import TestClamd, clamd_available, eicar
+from tests.scan.fake_server import loopback_server
 
 T = TypeVar("T")
 
@@ -181,23 +182,9 @@ async def fake_clamd(
     reply: bytes | None, *, close_after_command: bool = False
 ) -> AsyncIterator[FakeClamd]:
     fake = FakeClamd(reply, close_after_command=close_after_command)
-    handlers: list[asyncio.Task[None]] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.append(task)
-        await fake.handle(reader, writer)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    fake.port = server.sockets[0].getsockname()[1]
-    try:
+    async with loopback_server(fake.handle) as port:
+        fake.port = port
         yield fake
-    finally:
-        server.close()
-        await server.wait_closed()
-        # (the client has closed its end: every handler sees EOF and finishes)
-        await asyncio.gather(*handlers)
 
 
 async def scan_fake(

@@ -41,6 +41,7 @@ from mailward.testing.rspamd import (
     gtube,
     rspamd_available,
 )
+from tests.scan.fake_server import loopback_server
 
 T = TypeVar("T")
 
@@ -221,23 +222,9 @@ async def fake_rspamd(
     reply: bytes | None, *, close_at_once: bool = False
 ) -> AsyncIterator[FakeRspamd]:
     fake = FakeRspamd(reply, close_at_once=close_at_once)
-    handlers: list[asyncio.Task[None]] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.append(task)
-        await fake.handle(reader, writer)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    fake.port = server.sockets[0].getsockname()[1]
-    try:
+    async with loopback_server(fake.handle) as port:
+        fake.port = port
         yield fake
-    finally:
-        server.close()
-        await server.wait_closed()
-        # (the client has closed its end: every handler sees EOF and finishes)
-        await asyncio.gather(*handlers)
 
 
 async def check_fake(
