@@ -15,7 +15,8 @@ IPV4_PREFIX = 24
 IPV6_PREFIX = 64
 
 
-def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`ip` parsed (None if it is not an address), IPv4-mapped IPv6 as IPv4."""
     try:
         address = ipaddress.ip_address(ip.split("%")[0])
     except ValueError:
@@ -27,7 +28,7 @@ def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def client_network(ip: str) -> str:
     """The IPv4 /24 or IPv6 /64 of `ip` ("192.0.2.0/24"); unparseable input as is."""
-    address = _address(ip)
+    address = client_address(ip)
     if address is None:
         return ip
     prefix = IPV4_PREFIX if address.version == 4 else IPV6_PREFIX
@@ -36,7 +37,7 @@ def client_network(ip: str) -> str:
 
 def client_key(ip: str) -> str:
     """Who a rate or probe count belongs to: the IPv4 address, or the IPv6 /64."""
-    address = _address(ip)
+    address = client_address(ip)
     if address is None:
         return ip
     return str(address) if address.version == 4 else client_network(ip)

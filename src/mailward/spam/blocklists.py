@@ -24,6 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from mailward.config.schema import parse_zone as parse_config_zone
+from mailward.pipeline.networks import client_address
 from mailward.resolver import DnsTemporaryError, Resolver
 
 DEFAULT_DNSBL_SCORE = 5.0
@@ -55,12 +56,9 @@ def parse_zone(spec: str, default_score: float) -> Zone:
 def public_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """`ip` if it is an address the Internet's DNS can say something about (global, or
     IPv4 loopback: RFC 5782 5 makes 127.0.0.2 every list's test entry), else None."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = client_address(ip)
+    if address is None:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if address.is_global or (address.is_loopback and address.version == 4):
         return address
     return None

@@ -42,6 +42,7 @@ from email.utils import parsedate_to_datetime
 from mailward.message import mime
 from mailward.message.headers import header_values, mailbox_addresses
 from mailward.message.text_extract import html_to_text
+from mailward.pipeline.networks import client_address
 
 # Assembled from two pieces so that this source file is not itself a GTUBE message.
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*" + b"GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -64,22 +65,9 @@ def gtube(message: bytes) -> list[Hit]:
     return [Hit("GTUBE", GTUBE_SCORE)] if GTUBE in message else []
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
 def same_ip(a: str, b: str) -> bool:
-    left, right = _address(a), _address(b)
-    if left is None or right is None:
-        return False
-    if isinstance(left, ipaddress.IPv6Address) and left.ipv4_mapped is not None:
-        left = left.ipv4_mapped
-    if isinstance(right, ipaddress.IPv6Address) and right.ipv4_mapped is not None:
-        right = right.ipv4_mapped
-    return left == right
+    left = client_address(a)
+    return left is not None and left == client_address(b)
 
 
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}")
@@ -95,7 +83,7 @@ def helo(helo_name: str, peer_ip: str, hostname: str) -> list[Hit]:
         if not same_ip(literal, peer_ip):
             return [Hit("HELO_IP_MISMATCH", 1.5)]
         return []
-    if _address(name) is not None:
+    if client_address(name) is not None:
         hits = [Hit("HELO_BARE_IP", 1.0)]
         if not same_ip(name, peer_ip):
             hits.append(Hit("HELO_IP_MISMATCH", 1.5))
@@ -122,7 +110,7 @@ def reverse_dns(peer_ip: str, names: Sequence[str], confirmed: bool) -> list[Hit
     if not confirmed:
         hits.append(Hit("RDNS_NOT_CONFIRMED", 0.5))
     first = names[0].lower().rstrip(".")
-    address = _address(peer_ip)
+    address = client_address(peer_ip)
     octets_in_name = False
     if isinstance(address, ipaddress.IPv4Address):
         parts = str(address).split(".")
@@ -215,7 +203,7 @@ def mime_structure(message: bytes) -> list[Hit]:
             host = m.group(1).rsplit("@", 1)[-1].lower()
             host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
             hosts.add(host.strip("[]").rstrip("."))
-    if any(_address(h) is not None for h in hosts):
+    if any(client_address(h) is not None for h in hosts):
         hits.append(Hit("URI_IP", 1.5))
     if hosts & SHORTENERS:
         hits.append(Hit("URI_SHORTENER", 0.5))
